@@ -1,0 +1,36 @@
+# eim-lightning: `make demo` (set up + main job) and `make test` (set up + full test suite).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast bench results clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## Train SNIS on the checkerboard (about 3 minutes on 2 CPU cores), write images and TensorBoard logs.
+demo: $(STAMP)
+	$(VENV)/bin/eim-demo
+
+## The whole test suite (about 30 minutes on 2 CPU cores); CI runs exactly this.
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## The fast tier (under about 10 minutes).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(PY) bench/toy2d_steps.py --output docs/BENCHMARKS.md
+
+results: $(STAMP)
+	$(PY) scripts/toy2d_results.py --output docs/RESULTS.md
+
+clean:
+	rm -rf $(VENV) runs lightning_logs .pytest_cache

@@ -1,0 +1,13 @@
+"""eim-lightning: energy-inspired models (Lawson, Tucker, Dai, Ranganath, NeurIPS 2019) in
+PyTorch Lightning.
+
+Layers (imports point down only): 1. pure math (:mod:`.ops`, :mod:`.bounds`,
+:mod:`.integrators`); 2. densities (:mod:`.densities`, :mod:`.nn`); 3. LightningModules
+(:mod:`.modules`, re-exported here); 4. entry points (:mod:`.cli`, :mod:`.callbacks`, :mod:`.demo`).
+"""
+
+from .modules import HIS, LARS, SNIS, TRS, BoundEstimatorMixin, Gaussian
+
+__version__ = "0.1.0"
+
+__all__ = ["BoundEstimatorMixin", "SNIS", "TRS", "HIS", "LARS", "Gaussian", "__version__"]

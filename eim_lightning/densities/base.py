@@ -1,0 +1,170 @@
+"""Layer 2: the density contract shared by proposals, EIMs and latent-variable models.
+
+Every density is an ``nn.Module`` with::
+
+    density.sample(n, context=None)                    # [n, *event_shape] (or [n, B, *event_shape])
+    density.rsample(n, context=None)                   # reparameterised, where possible
+    density.log_prob_lower_bound(x, num_samples=1)     # [B]
+    density.log_prob(x)                                # only where exact
+    density.event_shape
+
+Subclasses implement :meth:`Density.log_prob_replicas`, ``m`` independent replicas ``[m, B]``
+of a one-sample log-estimate whose exponential is unbiased for the density (so its log is a
+lower bound in expectation). :meth:`log_prob_lower_bound` combines ``num_samples`` replicas
+IWAE-style with a streamed log-mean-exp, so memory depends on ``eval_chunk_size`` only.
+
+``context`` (optional, ``[B, ...]``) is passed to every network of a conditional density;
+samples then have shape ``[n, B, *event_shape]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..ops import chunked_log_mean_exp
+
+__all__ = ["Density", "evaluate_net", "check_positive_int"]
+
+
+def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
+    """Raise a clear ``ValueError`` unless ``value`` is an ``int >= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def evaluate_net(
+    net: nn.Module,
+    x: Tensor,
+    event_ndim: int,
+    context: Tensor | None = None,
+    data_mean: Tensor | None = None,
+) -> Tensor:
+    """Apply a scalar network to ``x [*batch, *event]`` and return ``[*batch]``.
+
+    The input is centred by ``data_mean`` (the authors' convention U(x) = MLP(x - mean)); a
+    context ``[B, ...]`` is broadcast over any leading sample dimensions of ``x`` and passed as
+    ``net(x, context)``. The network may return ``[*batch]`` or ``[*batch, 1]``.
+    """
+    batch_shape = x.shape[: x.dim() - event_ndim]
+    h = x - data_mean if data_mean is not None else x
+    if context is None:
+        out = net(h)
+    else:
+        ctx = context.expand(*batch_shape[: len(batch_shape) - 1], *context.shape)
+        out = net(h, ctx)
+    if out.shape == (*batch_shape, 1):
+        out = out.squeeze(-1)
+    if out.shape != batch_shape:
+        raise ValueError(
+            f"{type(net).__name__} must map inputs {list(x.shape)} to {list(batch_shape)} or "
+            f"{[*batch_shape, 1]}, got {list(out.shape)}"
+        )
+    return out
+
+
+class Density(nn.Module):
+    """Base class of every layer-2 density (see the module docstring for the contract)."""
+
+    #: check shapes, dtypes and finiteness of inputs (costs one host sync per call)
+    validate_args: bool = True
+
+    def __init__(self, event_shape: tuple[int, ...] | torch.Size, eval_chunk_size: int = 64) -> None:
+        super().__init__()
+        self._event_shape = torch.Size(event_shape)
+        self.eval_chunk_size = check_positive_int("eval_chunk_size", eval_chunk_size)
+
+    @property
+    def event_shape(self) -> torch.Size:
+        return self._event_shape
+
+    @property
+    def event_ndim(self) -> int:
+        return len(self._event_shape)
+
+    def _reference_tensor(self) -> Tensor | None:
+        for t in self.parameters():
+            return t
+        for t in self.buffers():
+            return t
+        return None
+
+    def check_input(self, x: Tensor, context: Tensor | None = None) -> None:
+        """Raise a clear error for inputs that are not ``[B, *event_shape]`` finite floats."""
+        if not self.validate_args:
+            return
+        name = type(self).__name__
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} expected a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} expected a floating-point tensor, got dtype {x.dtype}")
+        ref = self._reference_tensor()
+        if ref is not None and ref.is_floating_point() and x.dtype != ref.dtype:
+            raise TypeError(
+                f"{name} has {ref.dtype} parameters but got input of dtype {x.dtype}; "
+                f"convert the data (x.to({ref.dtype})) or the model (model.to({x.dtype}))"
+            )
+        expected = [-1, *self._event_shape]
+        if x.dim() != 1 + self.event_ndim or x.shape[1:] != self._event_shape:
+            raise ValueError(
+                f"{name} expected input of shape [B, {', '.join(map(str, self._event_shape))}] "
+                f"(B any), got {list(x.shape)}"
+            )
+        if context is not None and (not isinstance(context, Tensor) or context.shape[0] != x.shape[0]):
+            raise ValueError(
+                f"{name}: context must be a tensor with the batch size of x ({x.shape[0]}) as its first "
+                f"dimension, got {getattr(context, 'shape', type(context).__name__)}"
+            )
+        if not bool(torch.isfinite(x).all()):
+            bad = (~torch.isfinite(x)).sum().item()
+            raise ValueError(f"{name} got {bad} non-finite (NaN/Inf) values in its input {expected}")
+
+    # -- the contract -------------------------------------------------------------------------
+
+    def log_prob_replicas(self, x: Tensor, num_replicas: int, context: Tensor | None = None) -> Tensor:
+        """``[m, B]`` independent one-sample log-estimates (lower bounds in expectation)."""
+        raise NotImplementedError
+
+    def log_prob_lower_bound(
+        self, x: Tensor, num_samples: int = 1, context: Tensor | None = None
+    ) -> Tensor:
+        """``log (1/S) sum_s exp(l_s)`` over ``S = num_samples`` replicas: ``[B]``.
+
+        A lower bound on ``log q(x)`` in expectation, tighter as ``S`` grows; streamed in
+        chunks of ``eval_chunk_size`` replicas.
+        """
+        self.check_input(x, context)
+        check_positive_int("num_samples", num_samples)
+        return chunked_log_mean_exp(
+            lambda m: self.log_prob_replicas(x, m, context), num_samples, self.eval_chunk_size
+        )
+
+    def bound_and_diagnostics(
+        self, x: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The one-sample training bound ``[B]`` and a dict of diagnostic tensors."""
+        return self.log_prob_lower_bound(x, 1, context), {}
+
+    def sample(self, n: int, context: Tensor | None = None) -> Tensor:
+        """``n`` exact samples, without gradient."""
+        with torch.no_grad():
+            return self.rsample(n, context)
+
+    def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no reparameterised sampler")
+
+    def log_unnormalized_density(self, x: Tensor) -> Tensor:
+        """The log of the density image the paper plots (``[B]``), up to a constant."""
+        raise NotImplementedError
+
+    # -- helpers for subclasses ---------------------------------------------------------------
+
+    def _sample_shape(self, n: int, context: Tensor | None) -> tuple[int, ...]:
+        check_positive_int("n", n)
+        return (n,) if context is None else (n, context.shape[0])
+
+
+LOG_2PI = math.log(2 * math.pi)

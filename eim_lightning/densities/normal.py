@@ -1,0 +1,99 @@
+r"""Diagonal Gaussian ``N(loc, diag(scale^2))``, the EIMs' default proposal.
+
+    log N(x; mu, sigma) = -1/2 sum_d [ ((x_d - mu_d) / sigma_d)^2 + 2 log sigma_d + log 2 pi ]
+
+Fixed (buffers, the default ``N(0, I)``) or learnable (``loc`` and a softplus-parameterised
+``scale``, as the ``Gaussian`` baseline). The log-density is exact, so
+``log_prob_lower_bound(x, S) == log_prob(x)`` for every S. Unconditional: a ``context`` only
+sets the sample shape ``[n, B, dim]`` (the same distribution for every context).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.functional import softplus
+
+from .base import LOG_2PI, Density, check_positive_int
+
+__all__ = ["Normal", "inverse_softplus"]
+
+
+def inverse_softplus(y: Tensor) -> Tensor:
+    """``x`` such that ``softplus(x) = y`` (``y > 0``)."""
+    return y + torch.log(-torch.expm1(-y))
+
+
+class Normal(Density):
+    """Diagonal Gaussian over vectors ``[dim]``.
+
+    Args:
+        dim: event dimension.
+        loc: mean, a float or a ``[dim]`` tensor.
+        scale: standard deviation (> 0), a float or a ``[dim]`` tensor.
+        learnable: make ``loc`` and ``scale`` parameters (scale = softplus(raw) + min_scale).
+        min_scale: lower limit of a learnable scale.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        loc: float | Tensor = 0.0,
+        scale: float | Tensor = 1.0,
+        learnable: bool = False,
+        min_scale: float = 1e-5,
+    ) -> None:
+        check_positive_int("dim", dim)
+        super().__init__((dim,))
+        loc_t = torch.as_tensor(loc, dtype=torch.get_default_dtype()).expand(dim).clone()
+        scale_t = torch.as_tensor(scale, dtype=torch.get_default_dtype()).expand(dim).clone()
+        if not bool((scale_t > 0).all()):
+            raise ValueError(f"Normal scale must be > 0, got {scale}")
+        self.learnable = learnable
+        self.min_scale = min_scale
+        if learnable:
+            if not bool((scale_t > min_scale).all()):
+                raise ValueError(f"a learnable scale must exceed min_scale={min_scale}, got {scale}")
+            self.loc = nn.Parameter(loc_t)
+            self.raw_scale = nn.Parameter(inverse_softplus(scale_t - min_scale))
+        else:
+            self.register_buffer("loc", loc_t)
+            self.register_buffer("fixed_scale", scale_t)
+
+    @property
+    def scale(self) -> Tensor:
+        if self.learnable:
+            return softplus(self.raw_scale) + self.min_scale
+        return self.fixed_scale
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact log-density ``[*batch]`` of ``x [*batch, dim]``."""
+        scale = self.scale
+        z = (x - self.loc) / scale
+        return -0.5 * (z.square() + LOG_2PI).sum(-1) - torch.log(scale).sum()
+
+    def log_prob_replicas(self, x: Tensor, num_replicas: int, context: Tensor | None = None) -> Tensor:
+        check_positive_int("num_replicas", num_replicas)
+        return self.log_prob(x).expand(num_replicas, x.shape[0])
+
+    def log_prob_lower_bound(self, x: Tensor, num_samples: int = 1, context: Tensor | None = None) -> Tensor:
+        """Exact: equals :meth:`log_prob` for every ``num_samples``."""
+        self.check_input(x, context)
+        check_positive_int("num_samples", num_samples)
+        return self.log_prob(x)
+
+    def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
+        shape = self._sample_shape(n, context)
+        eps = torch.randn(*shape, *self.event_shape, device=self.loc.device, dtype=self.loc.dtype)
+        return self.loc + self.scale * eps
+
+    def reflect(self, x: Tensor) -> Tensor:
+        """The antithetic partner ``2 loc - x`` of a sample ``x`` (same distribution)."""
+        return 2 * self.loc - x
+
+    def log_unnormalized_density(self, x: Tensor) -> Tensor:
+        return self.log_prob(x)

@@ -1,0 +1,155 @@
+r"""SNIS: the density of self-normalised importance sampling (ALGORITHMS.md 2.1).
+
+Sampler: draw ``x_1..x_K ~ pi``, pick ``i`` with probability ``softmax(U(x_1..K))_i``, return
+``x_i``. ``K = 1`` gives ``pi``; ``K -> inf`` gives the energy-based model ``pi e^U / Z``.
+
+Lower bound with fresh ``x'_1..x'_{K-1} ~ pi`` (shared across the batch by default, as in the
+authors' code; each example still gets a valid bound)::
+
+    L_SNIS(x) = log pi(x) + U(x) - log( (1/K) [ e^{U(x)} + sum_{j<K} e^{U(x'_j)} ] )
+
+``exp(L_SNIS(x))`` is an unbiased estimate of ``q_SNIS(x)``. The energy sees mean-centred input,
+``U(x) = energy(x - data_mean)``. When ``pi`` only has a lower bound (a VAE), that bound enters in
+place of ``log pi(x)`` and the result is still a lower bound.
+
+As a variational family (ALGORITHMS.md 4), :meth:`SNIS.rsample_particles` returns all K
+reparameterised particles with their selection log-probabilities ``log s_k`` and per-particle
+upper bounds ``log pi(z_k) + log s_k + log K`` on ``log q(z_k)``, so the selected index can be
+summed analytically.
+
+Shapes: ``x [B, *event]``; an optional ``context [B, ...]`` is passed to the energy (and the
+proposal), making the model conditional, ``q(x | c)``.
+Reference: Lawson, Tucker, Dai, Ranganath, "Energy-Inspired Models", NeurIPS 2019.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ..bounds import snis_lower_bound, snis_particle_upper_bounds
+from ..ops import logsumexp
+from .base import Density, check_positive_int, evaluate_net
+
+__all__ = ["SNIS", "SNISParticles"]
+
+
+class SNISParticles(NamedTuple):
+    """One run of the SNIS sampler: ``z [K, *batch, *event]``, ``log_s`` and ``log_q_upper [K, *batch]``."""
+
+    z: Tensor
+    log_s: Tensor
+    log_q_upper: Tensor
+
+
+class SNIS(Density):
+    """Self-normalised importance sampling EIM.
+
+    Args:
+        proposal: any density ``pi`` (``rsample`` and ``log_prob_replicas``).
+        energy: network ``[..., *event] -> [...]`` or ``[..., 1]``, the log-weight U (high = probable).
+        num_proposals: K >= 1.
+        share_proposal_samples: share the K-1 negatives across the batch (unconditional only).
+        data_mean: centre subtracted from the energy's input (a buffer; default 0).
+        eval_chunk_size: replicas evaluated at once by ``log_prob_lower_bound``.
+        sample_chunk_size: bound on ``K * n`` particles held at once by ``sample``.
+    """
+
+    def __init__(
+        self,
+        proposal: Density,
+        energy: nn.Module,
+        num_proposals: int = 1024,
+        share_proposal_samples: bool = True,
+        data_mean: Tensor | None = None,
+        eval_chunk_size: int = 64,
+        sample_chunk_size: int = 2**20,
+    ) -> None:
+        super().__init__(proposal.event_shape, eval_chunk_size)
+        self.num_proposals = check_positive_int("num_proposals (K)", num_proposals)
+        self.sample_chunk_size = check_positive_int("sample_chunk_size", sample_chunk_size)
+        self.proposal = proposal
+        self.energy = energy
+        self.share_proposal_samples = share_proposal_samples
+        mean = torch.zeros(self.event_shape) if data_mean is None else torch.as_tensor(data_mean)
+        self.register_buffer("data_mean", mean.expand(self.event_shape).clone())
+
+    def log_weight(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """``U(x)`` for ``x [*batch, *event]``: ``[*batch]``."""
+        return evaluate_net(self.energy, x, self.event_ndim, context, self.data_mean)
+
+    def _negatives(self, num_replicas: int, batch: int, context: Tensor | None) -> Tensor:
+        """Energies of the K-1 negatives: ``[K-1, m, B]`` (or ``[K-1, m, 1]`` when shared)."""
+        k1 = self.num_proposals - 1
+        if k1 == 0:
+            return self.data_mean.new_empty(0, num_replicas, 1)
+        if context is not None:
+            neg = self.proposal.rsample(k1 * num_replicas, context)  # [k1*m, B, *event]
+            u = self.log_weight(neg, context)
+            return u.reshape(k1, num_replicas, batch)
+        n_per = 1 if self.share_proposal_samples else batch
+        neg = self.proposal.rsample(k1 * num_replicas * n_per)
+        return self.log_weight(neg).reshape(k1, num_replicas, n_per)
+
+    def _bound_terms(self, x: Tensor, num_replicas: int, context: Tensor | None):
+        log_pi = self.proposal.log_prob_replicas(x, num_replicas, context)  # [m, B]
+        u_x = self.log_weight(x, context)  # [B]
+        u_neg = self._negatives(num_replicas, x.shape[0], context)
+        return log_pi, u_x, u_neg
+
+    def log_prob_replicas(self, x: Tensor, num_replicas: int, context: Tensor | None = None) -> Tensor:
+        log_pi, u_x, u_neg = self._bound_terms(x, num_replicas, context)
+        return snis_lower_bound(log_pi, u_x, u_neg)
+
+    def bound_and_diagnostics(self, x: Tensor, context: Tensor | None = None):
+        """Training bound ``[B]`` and the effective sample size of the K normalised weights."""
+        self.check_input(x, context)
+        log_pi, u_x, u_neg = self._bound_terms(x, 1, context)
+        bound = snis_lower_bound(log_pi, u_x, u_neg)[0]
+        with torch.no_grad():
+            # ESS = (sum_k w_k)^2 / sum_k w_k^2 over the K particles (data point + negatives)
+            u_neg = u_neg[:, 0].float()
+            lse1 = torch.logaddexp(u_x.float(), logsumexp(u_neg, 0))
+            lse2 = torch.logaddexp(2 * u_x.float(), logsumexp(2 * u_neg, 0))
+            ess = torch.exp(2 * lse1 - lse2)
+        return bound, {"ess": ess}
+
+    def _particles(self, n: int, context: Tensor | None, reparameterized: bool):
+        sample = self.proposal.rsample if reparameterized else self.proposal.sample
+        z = sample(self.num_proposals * n, context)  # [K*n, (B), *event]
+        z = z.reshape(self.num_proposals, n, *z.shape[1:])
+        return z, self.log_weight(z, context)
+
+    def rsample_particles(self, n: int, context: Tensor | None = None) -> SNISParticles:
+        """All K particles of ``n`` sampler runs with selection log-probs and upper bounds.
+
+        For each run, ``sum_k s_k f(z_k)`` is the expectation of ``f`` at the SNIS sample, and
+        ``log_q_upper[k]`` upper-bounds ``log q_SNIS(z_k)`` in expectation (the other K-1
+        particles being the selected sample's losing particles).
+        """
+        self._sample_shape(n, context)
+        z, u = self._particles(n, context, reparameterized=True)
+        log_pi = self.proposal.log_prob_replicas(z.reshape(-1, *self.event_shape), 1)[0].reshape(u.shape)
+        log_s, upper = snis_particle_upper_bounds(log_pi, u)
+        return SNISParticles(z, log_s, upper)
+
+    def sample(self, n: int, context: Tensor | None = None) -> Tensor:
+        """Exact samples ``[n, *event]`` (``[n, B, *event]`` with a context), in chunks."""
+        self._sample_shape(n, context)
+        per_run = self.num_proposals * (1 if context is None else context.shape[0])
+        chunk = max(1, self.sample_chunk_size // per_run)
+        out = []
+        with torch.no_grad():
+            for start in range(0, n, chunk):
+                z, u = self._particles(min(chunk, n - start), context, reparameterized=False)
+                gumbel = -torch.log(-torch.log(torch.rand_like(u).clamp_min(1e-30)))
+                idx = (u + gumbel).argmax(dim=0)  # Gumbel-max: i ~ softmax(u)
+                idx = idx.reshape(1, *idx.shape, *([1] * self.event_ndim)).expand(1, *z.shape[1:])
+                out.append(z.gather(0, idx)[0])
+        return torch.cat(out, 0)
+
+    def log_unnormalized_density(self, x: Tensor) -> Tensor:
+        """``log pi(x) + U(x)``: the paper's image pi e^U."""
+        return self.proposal.log_prob_replicas(x, 1)[0] + self.log_weight(x)

@@ -1,0 +1,10 @@
+"""Layer 3: LightningModules, each a thin wrapper of a layer-2 density over the shared mixin."""
+
+from .gaussian import Gaussian
+from .his import HIS
+from .lars import LARS
+from .mixin import BoundEstimatorMixin
+from .snis import SNIS
+from .trs import TRS
+
+__all__ = ["BoundEstimatorMixin", "SNIS", "TRS", "HIS", "LARS", "Gaussian"]

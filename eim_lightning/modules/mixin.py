@@ -1,0 +1,189 @@
+"""Layer 3: the bound-estimator mixin every LightningModule of eim-lightning shares.
+
+A module mixes :class:`BoundEstimatorMixin` into ``lightning.LightningModule`` and only says
+what its density is (``self.density``, a layer-2 :class:`~eim_lightning.densities.Density`).
+The mixin owns everything else:
+
+* ``training_step``: ``bound, diagnostics = density.bound_and_diagnostics(x)``,
+  ``loss = -bound.mean()``; logs ``train/<bound_name>`` and ``train/<diagnostic>``;
+* ``validation_step`` / ``test_step``: ``density.log_prob_lower_bound(x, num_samples)``
+  with ``num_val_samples`` / ``num_test_samples`` replicas (the paper: 1000 at test), logged as
+  ``val/<bound_name>`` / ``test/<bound_name>`` through torchmetrics ``MeanMetric`` so the value
+  is the mean over every example of every batch and every process;
+* ``configure_optimizers``: Adam (lr 3e-4, the paper's) with optional step milestones at
+  which the learning rate is multiplied by ``lr_gamma`` (the paper: ÷3 after 1e6 steps);
+* input checks: a batch is a tensor ``[B, *event]`` or a tuple/list whose first element is;
+  wrong shapes, dtypes and NaN/Inf raise a clear error (``validate_inputs``; one host sync per
+  step), a non-finite loss stops training with the step and quantity named
+  (``check_finite_every_n_steps``; one host sync per checked step, 0 disables);
+* ``setup``: checks that a datamodule's ``event_shape`` matches the model's and copies its
+  ``data_mean`` into the density's ``data_mean`` buffer (energies see centred input).
+
+``bound_name`` is ``"bound"``; LARS overrides it with ``"log_prob_estimate"`` (its Z is
+estimated, so its value is not a bound).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from ..densities import Density, Normal
+from ..densities.base import check_positive_int
+from ..nn import MLP
+
+__all__ = ["BoundEstimatorMixin", "default_proposal", "default_mlp", "resolve_density"]
+
+
+def default_proposal(data_dim: int, proposal: Density | None) -> Density:
+    """``proposal``, or the paper's default N(0, I) over ``data_dim``."""
+    return proposal if proposal is not None else Normal(data_dim)
+
+
+def default_mlp(data_dim: int, hidden_sizes: Sequence[int], net: nn.Module | None, out_dim: int = 1) -> nn.Module:
+    """``net``, or the paper's default tanh MLP ``data_dim -> hidden_sizes -> out_dim``."""
+    return net if net is not None else MLP(data_dim, list(hidden_sizes), out_dim)
+
+
+def resolve_density(density: Density | None, parts: dict[str, object], build) -> Density:
+    """``density`` if given (then no parts may be given), else ``build()``."""
+    if density is None:
+        return build()
+    given = [k for k, v in parts.items() if v is not None]
+    if given:
+        raise ValueError(f"pass either a ready density or its parts, not both (got density and {given})")
+    return density
+
+
+class BoundEstimatorMixin:
+    """Training/validation/test logic for any module whose ``self.density`` has a bound.
+
+    Mix in *before* ``LightningModule``: ``class MyEIM(BoundEstimatorMixin, L.LightningModule)``;
+    the concrete ``__init__`` calls ``super().__init__(**estimator_kwargs)`` and then sets
+    ``self.density``.
+
+    Args:
+        lr: Adam learning rate.
+        lr_milestones: global steps at which the learning rate is multiplied by ``lr_gamma``.
+        lr_gamma: the factor.
+        num_val_samples: replicas per example in validation.
+        num_test_samples: replicas per example at test (1000, as in the paper).
+        validate_inputs: check batch shapes, dtypes and finiteness (one host sync a step).
+        check_finite_every_n_steps: raise if the loss is not finite, every n steps (0: never).
+    """
+
+    bound_name: str = "bound"
+    density: Density
+
+    def __init__(
+        self,
+        lr: float = 3e-4,
+        lr_milestones: Sequence[int] = (),
+        lr_gamma: float = 1.0 / 3.0,
+        num_val_samples: int = 100,
+        num_test_samples: int = 1000,
+        validate_inputs: bool = True,
+        check_finite_every_n_steps: int = 1,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if not 0 < lr_gamma:
+            raise ValueError(f"lr_gamma must be > 0, got {lr_gamma}")
+        self.lr = lr
+        self.lr_milestones = sorted(int(m) for m in lr_milestones)
+        self.lr_gamma = lr_gamma
+        self.num_val_samples = check_positive_int("num_val_samples", num_val_samples)
+        self.num_test_samples = check_positive_int("num_test_samples", num_test_samples)
+        self.validate_inputs = validate_inputs
+        self.check_finite_every_n_steps = check_positive_int("check_finite_every_n_steps", check_finite_every_n_steps, 0)
+        self.train_metric = MeanMetric(nan_strategy="disable")
+        self.val_metric = MeanMetric(nan_strategy="disable")
+        self.test_metric = MeanMetric(nan_strategy="disable")
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def unpack_batch(self, batch) -> Tensor:
+        """The data tensor of a batch: the batch itself or the first element of a tuple/list."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if not isinstance(x, Tensor):
+            raise TypeError(
+                f"{type(self).__name__} expected a batch that is a Tensor [B, ...] or a tuple/list whose "
+                f"first element is one, got {type(batch).__name__}"
+            )
+        return x
+
+    def setup(self, stage: str) -> None:
+        trainer = getattr(self, "_trainer", None)
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        self.density.validate_args = self.validate_inputs
+        if dm is None:
+            return
+        shape = getattr(dm, "event_shape", None)
+        if shape is not None and torch.Size(shape) != self.density.event_shape:
+            raise ValueError(
+                f"{type(dm).__name__} yields data of shape [B, {', '.join(map(str, shape))}] but "
+                f"{type(self).__name__} models [B, {', '.join(map(str, self.density.event_shape))}]; "
+                f"set the model's data_dim (or its density) to match the data"
+            )
+        mean = getattr(dm, "data_mean", None)
+        buffer = getattr(self.density, "data_mean", None)
+        if stage == "fit" and mean is not None and isinstance(buffer, Tensor):
+            buffer.copy_(torch.as_tensor(mean, dtype=buffer.dtype).expand_as(buffer))
+            rank_zero_info(f"{type(self).__name__}: energy inputs centred on the datamodule's data_mean")
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def training_bound(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The per-example training bound ``[B]`` and diagnostics (override to change)."""
+        return self.density.bound_and_diagnostics(x)
+
+    def evaluation_bound(self, x: Tensor, num_samples: int) -> Tensor:
+        """The per-example evaluation bound ``[B]`` with ``num_samples`` replicas."""
+        return self.density.log_prob_lower_bound(x, num_samples=num_samples)
+
+    def _logging_step(self) -> bool:
+        trainer = self.trainer
+        return trainer.global_step % max(1, trainer.log_every_n_steps) == 0
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x = self.unpack_batch(batch)
+        bound, diagnostics = self.training_bound(x)
+        loss = -bound.mean()
+        n = self.check_finite_every_n_steps
+        if n and self.global_step % n == 0 and not bool(torch.isfinite(loss)):
+            raise FloatingPointError(
+                f"{type(self).__name__}: non-finite training loss at global step {self.global_step} "
+                f"(train/{self.bound_name} = {(-loss).item()}); the last checkpoint is left untouched"
+            )
+        self.train_metric(bound.detach())
+        self.log(f"train/{self.bound_name}", self.train_metric, on_step=True, on_epoch=True, prog_bar=True)
+        if self._logging_step():
+            for name, value in diagnostics.items():
+                self.log(f"train/{name}", value.detach().float().mean(), on_step=True, on_epoch=False)
+        return loss
+
+    def _eval_step(self, batch, metric: MeanMetric, stage: str, num_samples: int) -> None:
+        x = self.unpack_batch(batch)
+        metric.update(self.evaluation_bound(x, num_samples))
+        self.log(f"{stage}/{self.bound_name}", metric, on_step=False, on_epoch=True, prog_bar=True)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metric, "val", self.num_val_samples)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metric, "test", self.num_test_samples)
+
+    # -- optimisation -------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+        if not self.lr_milestones:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, self.lr_milestones, gamma=self.lr_gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

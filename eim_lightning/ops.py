@@ -1,0 +1,102 @@
+"""Layer 1: numerically safe log-space primitives (pure torch, no state).
+
+Every function here is deterministic, differentiable and NaN-safe by construction:
+
+* ``logsumexp`` of an all ``-inf`` slice (or an empty one) is ``-inf``, never NaN;
+* ``log_mean_exp(x) = logsumexp(x) - log n``;
+* ``log1mexp(a) = log(1 - exp(a))`` for ``a <= 0`` (Maechler 2012), stable at both ends;
+* ``chunked_log_mean_exp`` combines ``n`` independent replicas of a per-example
+  log-estimate, IWAE style, streaming over chunks with a running log-sum-exp so that peak
+  memory depends on the chunk size only.
+
+Low-precision inputs (float16/bfloat16, e.g. under ``torch.autocast``) are promoted to
+float32 before any reduction: bounds are always accumulated in at least float32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "as_float32_or_wider",
+    "logsumexp",
+    "log_mean_exp",
+    "log1mexp",
+    "chunked_log_mean_exp",
+]
+
+
+def as_float32_or_wider(x: Tensor) -> Tensor:
+    """Promote float16/bfloat16 to float32; leave float32/float64 alone."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return x.float()
+    return x
+
+
+def logsumexp(x: Tensor, dim: int = 0, keepdim: bool = False) -> Tensor:
+    """``log(sum(exp(x)))`` along ``dim``; ``-inf`` (not NaN) for all ``-inf`` or empty slices."""
+    x = as_float32_or_wider(x)
+    if x.shape[dim] == 0:
+        shape = list(x.shape)
+        if keepdim:
+            shape[dim] = 1
+        else:
+            del shape[dim]
+        return x.new_full(shape, -math.inf)
+    m = x.amax(dim=dim, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).detach()
+    s = torch.exp(x - m).sum(dim=dim, keepdim=True)
+    # all -inf slices: value -inf, gradient 0 (instead of 0 * inf = NaN)
+    positive = s > 0
+    out = torch.where(positive, m + torch.log(torch.where(positive, s, torch.ones_like(s))), torch.full_like(s, -math.inf))
+    return out if keepdim else out.squeeze(dim)
+
+
+def log_mean_exp(x: Tensor, dim: int = 0, keepdim: bool = False) -> Tensor:
+    """``log(mean(exp(x)))`` along ``dim``, NaN-safe like :func:`logsumexp`."""
+    n = x.shape[dim]
+    if n == 0:
+        raise ValueError("log_mean_exp over an empty dimension is undefined")
+    return logsumexp(x, dim=dim, keepdim=keepdim) - math.log(n)
+
+
+def log1mexp(a: Tensor) -> Tensor:
+    """``log(1 - exp(a))`` for ``a <= 0``, accurate for ``a`` near 0 and very negative ``a``.
+
+    ``log1mexp(0) = -inf``; ``log1mexp(-inf) = 0``.
+    """
+    a = as_float32_or_wider(a)
+    cut = -math.log(2.0)
+    # Evaluate both branches on safe arguments so that neither produces NaN gradients.
+    a_hi = torch.where(a > cut, a, torch.full_like(a, cut))
+    a_lo = torch.where(a > cut, torch.full_like(a, cut), a)
+    return torch.where(a > cut, torch.log(-torch.expm1(a_hi)), torch.log1p(-torch.exp(a_lo)))
+
+
+def chunked_log_mean_exp(
+    replicas: Callable[[int], Tensor], num_samples: int, chunk_size: int
+) -> Tensor:
+    """``log (1/n) sum_s exp(l_s)`` over ``n = num_samples`` replicas, streamed in chunks.
+
+    ``replicas(m)`` must return ``m`` independent replicas ``[m, B]`` of a per-example
+    log-estimate. Chunks of at most ``chunk_size`` replicas are drawn one after another and
+    folded into a running log-sum-exp, so peak memory is that of one chunk. With
+    ``num_samples <= chunk_size`` this is exactly ``log_mean_exp(replicas(n), 0)``.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    running: Tensor | None = None
+    done = 0
+    while done < num_samples:
+        m = min(chunk_size, num_samples - done)
+        part = logsumexp(replicas(m), dim=0)
+        running = part if running is None else torch.logaddexp(running, part)
+        done += m
+    assert running is not None
+    return running - math.log(num_samples)

@@ -1,0 +1,35 @@
+"""Shared test fixtures: deterministic seeds, thread limits and the real-data directory."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    """The shared real data (EIM_DATA_DIR, default ../shared/data); skips if missing unless CI."""
+    path = Path(os.environ.get("EIM_DATA_DIR", REPO.parent / "shared" / "data"))
+    if not path.is_dir():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"real data directory {path} is missing (set EIM_DATA_DIR)")
+        pytest.skip(f"real data directory {path} is missing (set EIM_DATA_DIR)")
+    return path

@@ -1,0 +1,66 @@
+"""Layer-1 log-space primitives against direct float64 evaluation."""
+
+import math
+
+import pytest
+import torch
+
+from eim_lightning.ops import chunked_log_mean_exp, log1mexp, log_mean_exp, logsumexp
+
+
+def test_logsumexp_matches_direct_sum():
+    x = torch.randn(7, 5, dtype=torch.float64)
+    torch.testing.assert_close(logsumexp(x, 0), torch.log(torch.exp(x).sum(0)))
+    torch.testing.assert_close(log_mean_exp(x, 1), torch.log(torch.exp(x).mean(1)))
+
+
+def test_logsumexp_all_neg_inf_and_empty_are_neg_inf_not_nan():
+    x = torch.full((4, 3), -math.inf, requires_grad=True)
+    out = logsumexp(x, 0)
+    assert torch.equal(out, torch.full((3,), -math.inf))
+    out.sum().backward()
+    assert not torch.isnan(x.grad).any()
+    assert torch.equal(logsumexp(torch.empty(0, 3), 0), torch.full((3,), -math.inf))
+    assert torch.equal(log_mean_exp(torch.full((2,), -math.inf), 0), torch.tensor(-math.inf))
+
+
+def test_logsumexp_large_values_do_not_overflow():
+    x = torch.tensor([1000.0, 1000.0])
+    assert logsumexp(x, 0).item() == pytest.approx(1000 + math.log(2))
+
+
+def test_low_precision_is_promoted_to_float32():
+    x = torch.randn(10, dtype=torch.bfloat16)
+    assert logsumexp(x, 0).dtype == torch.float32
+
+
+def test_log1mexp_accurate_at_both_ends():
+    a = torch.tensor([-1e-10, -1e-3, -0.5, -1.0, -20.0, -800.0], dtype=torch.float64)
+    import mpmath as mp
+    mp.mp.dps = 50
+    expected = torch.tensor([float(mp.log(1 - mp.exp(mp.mpf(v)))) for v in a.tolist()], dtype=torch.float64)
+    torch.testing.assert_close(log1mexp(a), expected, rtol=1e-12, atol=0)
+    assert log1mexp(torch.tensor(0.0)).item() == -math.inf
+    assert log1mexp(torch.tensor(-math.inf)).item() == 0.0
+
+
+@pytest.mark.parametrize("n,chunk", [(1, 1), (10, 3), (10, 10), (10, 100), (1000, 64)])
+def test_chunked_log_mean_exp_equals_unchunked(n, chunk):
+    table = torch.randn(n, 6, dtype=torch.float64) * 3
+    served = []
+
+    def replicas(m):
+        start = sum(served)
+        served.append(m)
+        assert m <= chunk
+        return table[start : start + m]
+
+    torch.testing.assert_close(chunked_log_mean_exp(replicas, n, chunk), log_mean_exp(table, 0))
+    assert sum(served) == n
+
+
+def test_chunked_log_mean_exp_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="num_samples"):
+        chunked_log_mean_exp(lambda m: torch.zeros(m, 1), 0, 4)
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunked_log_mean_exp(lambda m: torch.zeros(m, 1), 4, 0)
