@@ -1,0 +1,5 @@
+"""``python -m eim_lightning`` is the ``eim`` command line."""
+
+from .cli import main
+
+main()

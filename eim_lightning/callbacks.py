@@ -1,0 +1,136 @@
+"""Layer 4: callbacks. :class:`DensityImageCallback` draws the paper's 2-D figures.
+
+Every ``every_n_steps`` training steps and at the end of training it renders, on a grid over
+``[-limit, limit]^2``, four panels side by side:
+
+1. the target density (when the datamodule has a ``target`` with ``log_prob``),
+2. the model's density image as the paper plots it (``density.log_unnormalized_density``:
+   pi e^U for SNIS, pi a for TRS/LARS, e^{-E} for HIS, the density for a Gaussian),
+3. a histogram of target samples,
+4. a histogram of ``density.sample(num_samples)``, the model's exact samples,
+
+and logs the strip to TensorBoard (``add_image``) and writes it as a PNG under ``output_dir``
+(default ``<log_dir>/images``). Images are made with torch and torchvision only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
+
+__all__ = ["DensityImageCallback", "colorize"]
+
+# anchors of the viridis colour map, interpolated linearly
+_VIRIDIS = torch.tensor(
+    [[0.267, 0.005, 0.329], [0.229, 0.322, 0.546], [0.128, 0.567, 0.551], [0.369, 0.789, 0.383], [0.993, 0.906, 0.144]]
+)
+
+
+def colorize(values: Tensor) -> Tensor:
+    """Map ``[H, W]`` values in [0, 1] to an RGB image ``[3, H, W]`` (viridis)."""
+    v = values.clamp(0, 1).float() * (len(_VIRIDIS) - 1)
+    lo = v.floor().long().clamp(max=len(_VIRIDIS) - 2)
+    frac = (v - lo).unsqueeze(-1)
+    rgb = _VIRIDIS[lo] * (1 - frac) + _VIRIDIS[lo + 1] * frac
+    return rgb.permute(2, 0, 1)
+
+
+def _density_panel(log_density: Tensor) -> Tensor:
+    finite = torch.isfinite(log_density)
+    if not bool(finite.any()):
+        return colorize(torch.zeros_like(log_density))
+    top = log_density[finite].max()
+    return colorize(torch.where(finite, torch.exp(log_density - top), torch.zeros_like(log_density)))
+
+
+def _histogram_panel(samples: Tensor, grid_size: int, limit: float) -> Tensor:
+    samples = samples.detach().float().cpu()
+    counts, _ = torch.histogramdd(samples, bins=[grid_size, grid_size], range=[-limit, limit, -limit, limit])
+    image = counts.T.flip(0)  # rows: y from top to bottom; columns: x
+    return colorize(image / image.max().clamp_min(1.0))
+
+
+class DensityImageCallback(L.Callback):
+    """Log the model's 2-D density image and sample histogram beside the target's.
+
+    Args:
+        every_n_steps: render every this many training steps (and always at the end).
+        grid_size: pixels per side of each panel.
+        num_samples: samples per histogram.
+        limit: half-width of the plotted square (default: the target's ``plot_limit``, else 3).
+        output_dir: where PNG files go (default ``<trainer.log_dir>/images``).
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 1000,
+        grid_size: int = 128,
+        num_samples: int = 10_000,
+        limit: float | None = None,
+        output_dir: str | None = None,
+    ) -> None:
+        if every_n_steps < 1 or grid_size < 2 or num_samples < 1:
+            raise ValueError("every_n_steps >= 1, grid_size >= 2 and num_samples >= 1 are required")
+        self.every_n_steps, self.grid_size, self.num_samples = every_n_steps, grid_size, num_samples
+        self.limit, self.output_dir = limit, output_dir
+        self.last_path: Path | None = None
+
+    def _directory(self, trainer: L.Trainer) -> Path:
+        if self.output_dir is not None:
+            return Path(self.output_dir)
+        return Path(trainer.log_dir or trainer.default_root_dir) / "images"
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        rank_zero_info(f"DensityImageCallback: density and sample images go to {self._directory(trainer)}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self.render(trainer, pl_module, f"step_{trainer.global_step:07d}")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.render(trainer, pl_module, "final")
+
+    @torch.no_grad()
+    def strip(self, pl_module: L.LightningModule, target=None, limit: float | None = None) -> Tensor:
+        """The ``[3, H, 4W]`` image strip (target density, model density, target and model
+        histograms); target panels are blank when ``target`` is None."""
+        density = pl_module.density
+        limit = limit or self.limit or getattr(target, "plot_limit", 3.0)
+        g = self.grid_size
+        device = next(iter(pl_module.parameters())).device
+        dtype = next(iter(pl_module.parameters())).dtype
+        axis = torch.linspace(-limit, limit, g, device=device, dtype=dtype)
+        ys, xs = torch.meshgrid(axis.flip(0), axis, indexing="ij")
+        points = torch.stack([xs, ys], dim=-1).reshape(-1, 2)
+        was_training = density.training
+        density.eval()
+        try:
+            model_image = _density_panel(density.log_unnormalized_density(points).reshape(g, g).float().cpu())
+            model_hist = _histogram_panel(density.sample(self.num_samples), g, limit)
+        finally:
+            density.train(was_training)
+        if target is not None:
+            target_image = _density_panel(target.log_prob(points.cpu().double()).reshape(g, g))
+            target_hist = _histogram_panel(target.sample(self.num_samples, torch.Generator().manual_seed(0)), g, limit)
+        else:
+            target_image = target_hist = torch.ones(3, g, g)
+        return make_grid([target_image, model_image, target_hist, model_hist], nrow=4, padding=2, pad_value=1.0)
+
+    def render(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        target = getattr(trainer.datamodule, "target", None) if trainer.datamodule is not None else None
+        image = self.strip(pl_module, target)
+        directory = self._directory(trainer)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.last_path = directory / f"{tag}.png"
+        save_image(image, self.last_path)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("density/target_model_targethist_modelhist", image, trainer.global_step)
