@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 def pytest_configure(config):
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
 
 
 @pytest.fixture(autouse=True)
@@ -33,3 +30,25 @@ def data_dir() -> Path:
             pytest.fail(f"real data directory {path} is missing (set EIM_DATA_DIR)")
         pytest.skip(f"real data directory {path} is missing (set EIM_DATA_DIR)")
     return path
+
+
+@pytest.fixture
+def make_trainer(tmp_path):
+    """A quiet CPU Trainer factory for tests (no logger or checkpoints unless asked)."""
+    import lightning as L
+
+    def make(**kwargs):
+        defaults = dict(
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+            num_sanity_val_steps=0,
+        )
+        defaults.update(kwargs)
+        return L.Trainer(**defaults)
+
+    return make

@@ -1,0 +1,441 @@
+r"""Binarized MNIST family (ALGORITHMS.md section 5, "Images"/"Data"): static MNIST, dynamic
+MNIST and dynamically binarized Fashion-MNIST.
+
+Variants of :class:`BinarizedMNISTDataModule` (train / valid / test sizes):
+
+* ``"static"``: Larochelle & Murray's (2011) fixed binarization, 50,000 / 10,000 / 10,000, read
+  from ``binarized_mnist_{train,valid,test}.amat`` (plain or ``.gz``) in ``root`` or
+  ``root/binarized_mnist``: one image a line, 784 space-separated 0/1 values, row-major 28x28.
+* ``"dynamic"``: grayscale MNIST (torchvision's, or IDX files, see :mod:`datamodules.idx`),
+  re-binarized with fresh Bernoulli draws ``x ~ Bernoulli(pixel / 255)`` every time a training
+  image is read; train = the first 50,000 of the 60,000 training images, valid = the last
+  10,000, test = the 10,000 test images. Valid and test are binarized once, with a generator
+  seeded by ``seed``, so every epoch and every run with that seed sees the same bits.
+* ``"fashion"``: Fashion-MNIST, binarized like ``"dynamic"`` (as in the LARS and EIM papers).
+  The authors' code has no validation split for Fashion-MNIST; this module holds out the last
+  10,000 of the 60,000 training images as validation (train = the first 50,000), so its
+  training set is 10,000 images smaller than the papers'.
+
+Images are float32 ``[B, 784]`` (``flatten=True``, the default) or ``[B, 1, 28, 28]``, values in
+{0., 1.}; batches are plain tensors. ``data_mean`` is the training split's pixel mean (of the
+grayscale intensities / 255 for the dynamic variants): the model centres its energy inputs on
+it and may initialise a decoder bias from it.
+
+The continuous (jittered) variants live in :mod:`datamodules.jittered`; both share
+:class:`ImageDataModule`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from .idx import _cache_key, load_mnist_images, read_bytes
+
+__all__ = [
+    "BinarizedMNISTDataModule",
+    "ImageDataModule",
+    "ImageDataset",
+    "VARIANTS",
+    "STATIC_MNIST_URL",
+    "read_amat",
+    "load_static_mnist",
+    "binarize",
+    "jitter",
+]
+
+VARIANTS = ("static", "dynamic", "fashion")
+STATIC_MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
+_AMAT_SPLITS = ("train", "valid", "test")
+_PIXELS = 784
+_LINE = 2 * _PIXELS  # "d d ... d\n": 784 digits, 783 spaces, a newline
+
+_AMAT_CACHE: dict[tuple[str, int, int], np.ndarray] = {}
+
+
+# -- pixel transforms -------------------------------------------------------------------------
+
+
+def binarize(gray: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """``Bernoulli(gray / 255)`` draws as float32 {0., 1.} (``gray``: integers 0..255)."""
+    p = gray.float().div_(255.0)
+    return (torch.rand(p.shape, generator=generator) < p).float()
+
+
+def jitter(ints: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """``ints + U(0, 1)`` as float32 (``ints``: integers 0..255), strictly below ``ints + 1``.
+
+    The noise is capped at ``1 - 2**-16`` (probability 2**-16 moved onto that value): below 256
+    float32 steps are at most 2**-16, so ``k + u`` is then never rounded up to ``k + 1``."""
+    noise = torch.rand(ints.shape, generator=generator).clamp_(max=1.0 - 2.0**-16)
+    return noise.add_(ints.float())
+
+
+def _identity(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    return x.float()
+
+
+_TRANSFORMS: dict[str, Callable[..., Tensor]] = {"none": _identity, "binarize": binarize, "jitter": jitter}
+
+
+class ImageDataset(Dataset):
+    """Images stored as a tensor ``[N, 784]`` and returned as float32 of ``event_shape``, through
+    ``transform`` (``"none"``, ``"binarize"`` or ``"jitter"``) applied afresh at every read with
+    torch's global generator (each DataLoader worker has its own seed).
+
+    Items are plain tensors; ``__getitems__`` transforms a whole batch at once.
+    """
+
+    def __init__(self, images: Tensor, event_shape: Sequence[int], transform: str = "none") -> None:
+        if transform not in _TRANSFORMS:
+            raise ValueError(f"unknown transform {transform!r}; choose one of {sorted(_TRANSFORMS)}")
+        self.images = images
+        self.event_shape = torch.Size(event_shape)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> Tensor:
+        return _TRANSFORMS[self.transform](self.images[index]).view(self.event_shape)
+
+    def __getitems__(self, indices: list[int]) -> list[Tensor]:
+        batch = _TRANSFORMS[self.transform](self.images[torch.as_tensor(indices, dtype=torch.long)])
+        return list(batch.view(len(indices), *self.event_shape).unbind(0))
+
+
+# -- static MNIST files -----------------------------------------------------------------------
+
+
+def _parse_amat_lines(path: Path, data: bytes) -> np.ndarray:
+    """Line-by-line parse of any whitespace layout, with errors naming the line."""
+    rows = []
+    for number, line in enumerate(data.splitlines(), start=1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        if len(tokens) != _PIXELS:
+            raise ValueError(
+                f"{path}: line {number} has {len(tokens)} values, expected {_PIXELS} (28x28); "
+                f"the file is corrupt or truncated"
+            )
+        digits = b"".join(tokens)
+        if len(digits) != _PIXELS or digits.translate(None, b"01"):
+            bad = next(t for t in tokens if t not in (b"0", b"1"))
+            raise ValueError(
+                f"{path}: line {number} holds the value {bad.decode(errors='replace')!r}; static binarized "
+                f"MNIST values must be 0 or 1"
+            )
+        rows.append(np.frombuffer(digits, np.uint8))
+    if not rows:
+        raise ValueError(f"{path} holds no images (empty file)")
+    return np.stack(rows) - 48
+
+
+def read_amat(path: str | Path) -> np.ndarray:
+    """The images of a static binarized MNIST ``.amat`` file (plain or gzipped), ``uint8``
+    ``[N, 784]`` of 0/1, read-only, cached in-process.
+
+    The canonical layout (each line ``784`` single digits separated by single spaces) is
+    parsed as one ``[N, 1568]`` byte array (50,000 images in well under a second); any
+    other whitespace is parsed line by line. A line with the wrong number of values or a value
+    other than 0/1 raises ``ValueError`` naming the file and the line.
+    """
+    path = Path(path)
+    key = _cache_key(path)
+    if key in _AMAT_CACHE:
+        return _AMAT_CACHE[key]
+    data = read_bytes(path)
+    if data and not data.endswith(b"\n"):
+        data += b"\n"
+    images = None
+    if data and len(data) % _LINE == 0:
+        a = np.frombuffer(data, np.uint8).reshape(-1, _LINE)
+        values = a[:, 0::2]
+        if (a[:, 1:-1:2] == 32).all() and (a[:, -1] == 10).all() and ((values == 48) | (values == 49)).all():
+            images = values - 48
+    if images is None:
+        images = _parse_amat_lines(path, data)
+    images.flags.writeable = False
+    _AMAT_CACHE[key] = images
+    return images
+
+
+def _find_amat(root: Path, split: str) -> tuple[Path | None, list[Path]]:
+    dirs = [root, root / "binarized_mnist"]
+    for d in dirs:
+        for suffix in ("", ".gz"):
+            candidate = d / f"binarized_mnist_{split}.amat{suffix}"
+            if candidate.is_file():
+                return candidate, dirs
+    return None, dirs
+
+
+def load_static_mnist(root: str | Path, split: str, download: bool = False) -> Tensor:
+    """Static binarized MNIST's ``split`` (``"train"``, ``"valid"`` or ``"test"``) as ``uint8``
+    ``[N, 784]`` of 0/1, from ``root`` or ``root/binarized_mnist``; ``download=True`` fetches
+    a missing file from :data:`STATIC_MNIST_URL` into ``root/binarized_mnist`` (needs internet)."""
+    if split not in _AMAT_SPLITS:
+        raise ValueError(f"unknown static MNIST split {split!r}; choose one of {list(_AMAT_SPLITS)}")
+    root = Path(root).expanduser()
+    name = f"binarized_mnist_{split}.amat"
+    path, dirs = _find_amat(root, split)
+    if path is None and download:
+        from torchvision.datasets.utils import download_url  # only needed to download
+
+        download_url(STATIC_MNIST_URL + name, str(root / "binarized_mnist"))
+        path, dirs = _find_amat(root, split)
+    if path is None:
+        missing = "" if root.is_dir() else f" (the root directory {root} does not exist)"
+        raise FileNotFoundError(
+            f"static binarized MNIST file '{name}' (plain or .gz) not found{missing}; looked in: "
+            f"{'; '.join(map(str, dirs))}. Pass download=True (needs internet) or download it from "
+            f"{STATIC_MNIST_URL + name} into {root}"
+        )
+    return torch.from_numpy(read_amat(path).copy())
+
+
+# -- the datamodules --------------------------------------------------------------------------
+
+
+def _check_int(name: str, value, minimum: int = 1, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        none = " or None" if optional else ""
+        raise ValueError(f"{name} must be an integer >= {minimum}{none}, got {value!r}")
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Shared machinery of the 28x28 image datamodules: splits, subsets, seeds, loaders and
+    ``data_mean``. A subclass says where a split's raw ``uint8 [N, 784]`` images come from
+    (``_raw``), how training and evaluation images are transformed (``train_transform``,
+    ``eval_transform``) and how a raw mean becomes ``data_mean`` (``_mean``).
+    Evaluation transforms are drawn once from a generator seeded by (``seed``, split)."""
+
+    event_shape = torch.Size([_PIXELS])
+    train_transform = "none"
+    eval_transform = "none"
+
+    def __init__(
+        self,
+        root: str,
+        batch_size: int,
+        eval_batch_size: int | None,
+        flatten: bool,
+        train_subset: int | None,
+        val_subset: int | None,
+        test_subset: int | None,
+        num_workers: int,
+        pin_memory: bool,
+        seed: int,
+        download: bool,
+    ) -> None:
+        super().__init__()
+        _check_int("batch_size", batch_size)
+        _check_int("eval_batch_size", eval_batch_size, optional=True)
+        _check_int("train_subset", train_subset, optional=True)
+        _check_int("val_subset", val_subset, optional=True)
+        _check_int("test_subset", test_subset, optional=True)
+        _check_int("num_workers", num_workers, minimum=0)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        self.root = Path(root).expanduser()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.flatten = flatten
+        self.subsets = {"train": train_subset, "valid": val_subset, "test": test_subset}
+        self.num_workers, self.pin_memory, self.seed, self.download = num_workers, pin_memory, seed, download
+        self.event_shape = torch.Size([_PIXELS]) if flatten else torch.Size([1, 28, 28])
+        self._datasets: dict[str, ImageDataset] = {}
+        self._data_mean: Tensor | None = None
+
+    # subclasses ---------------------------------------------------------------------------
+
+    def _raw(self, split: str) -> Tensor:
+        """The full ``split`` (``"train"``, ``"valid"``, ``"test"``) as ``uint8 [N, 784]``."""
+        raise NotImplementedError
+
+    def _mean(self, raw_mean: Tensor) -> Tensor:
+        """``data_mean`` from the per-pixel mean of the raw training images."""
+        return raw_mean
+
+    # splits -------------------------------------------------------------------------------
+
+    def _subset(self, split: str) -> Tensor:
+        raw = self._raw(split).reshape(-1, _PIXELS)
+        n = self.subsets[split]
+        if n is None:
+            return raw
+        if n > raw.shape[0]:
+            arg = {"train": "train_subset", "valid": "val_subset", "test": "test_subset"}[split]
+            raise ValueError(f"{arg}={n} exceeds the {raw.shape[0]} images of the {split} split")
+        return raw[:n]
+
+    def _dataset(self, split: str) -> ImageDataset:
+        if split not in self._datasets:
+            raw = self._subset(split)
+            if split == "train":
+                self._datasets[split] = ImageDataset(raw, self.event_shape, self.train_transform)
+            else:
+                stream = {"valid": 1, "test": 2}[split]
+                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + stream)
+                fixed = _TRANSFORMS[self.eval_transform](raw, gen)
+                if self.eval_transform == "binarize":
+                    fixed = fixed.to(torch.uint8)  # 4x less memory; read back as float32
+                self._datasets[split] = ImageDataset(fixed, self.event_shape, "none")
+        return self._datasets[split]
+
+    @property
+    def train_dataset(self) -> ImageDataset:
+        return self._dataset("train")
+
+    @property
+    def val_dataset(self) -> ImageDataset:
+        return self._dataset("valid")
+
+    @property
+    def test_dataset(self) -> ImageDataset:
+        return self._dataset("test")
+
+    @property
+    def data_mean(self) -> Tensor:
+        """Per-pixel mean of the training split (after ``train_subset``), of ``event_shape``."""
+        if self._data_mean is None:
+            raw_mean = self._subset("train").double().mean(0)
+            self._data_mean = self._mean(raw_mean).float().view(self.event_shape)
+        return self._data_mean
+
+    # Lightning hooks -----------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        """Downloads missing files when ``download=True`` (Lightning calls this on one process)."""
+        if self.download:
+            for split in ("train", "valid", "test"):
+                self._raw(split)
+
+    def setup(self, stage: str | None = None) -> None:
+        splits = {
+            "fit": ("train", "valid"),
+            "validate": ("valid",),
+            "test": ("test",),
+            "predict": ("test",),
+            None: ("train", "valid", "test"),
+        }
+        if stage not in splits:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {list(splits)}")
+        for split in splits[stage]:
+            self._dataset(split)
+
+    def _loader(self, dataset: ImageDataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+
+def grayscale_split(dataset: str, root: Path, split: str, val_size: int, download: bool) -> Tensor:
+    """``split`` of grayscale MNIST or Fashion-MNIST as ``uint8 [N, 784]``: ``"train"`` = the
+    first ``60000 - val_size`` training images, ``"valid"`` = the last ``val_size``,
+    ``"test"`` = the test images."""
+    images = load_mnist_images(dataset, root, "test" if split == "test" else "train", download)
+    images = images.reshape(-1, _PIXELS)
+    if split == "test":
+        return images
+    if val_size >= images.shape[0]:
+        raise ValueError(
+            f"val_size={val_size} leaves no training images: the training file has only {images.shape[0]} "
+            f"images (pass a smaller val_size)"
+        )
+    return images[:-val_size] if split == "train" else images[-val_size:]
+
+
+class BinarizedMNISTDataModule(ImageDataModule):
+    """Binarized MNIST (``"static"``, ``"dynamic"``) or Fashion-MNIST (``"fashion"``, dynamic
+    binarization; validation = the last 10,000 training images, as the authors' code has no
+    validation split for it). See the module docstring for the splits.
+
+    Args:
+        variant: ``"static"``, ``"dynamic"`` or ``"fashion"``.
+        root: directory holding the files: ``binarized_mnist_{train,valid,test}.amat[.gz]``
+            (static, in ``root`` or ``root/binarized_mnist``); MNIST / Fashion-MNIST IDX files,
+            plain or ``.gz``, flat in ``root`` or in ``root/MNIST/raw``, ``root/mnist``,
+            ``root/FashionMNIST/raw``, ``root/fashion-mnist``.
+        batch_size: training batch size (the paper: 128).
+        eval_batch_size: validation/test batch size (default: ``batch_size``).
+        flatten: images as ``[B, 784]`` (True) or ``[B, 1, 28, 28]`` (False).
+        val_size: dynamic variants: how many of the 60,000 training images (the last ones) form
+            the validation split (default 10,000). Static MNIST's files fix its split, so it must
+            be left unset there.
+        train_subset, val_subset, test_subset: use only the first n images of a split (small
+            slices for tests and smoke runs); None: all.
+        num_workers: DataLoader worker processes (0: load in the main process).
+        pin_memory: DataLoader ``pin_memory``.
+        seed: seed of the fixed binarization of the validation and test images (dynamic variants).
+        download: fetch missing files (needs internet): MNIST / Fashion-MNIST via torchvision
+            into ``root/MNIST/raw`` / ``root/FashionMNIST/raw``, static MNIST from
+            :data:`STATIC_MNIST_URL` into ``root/binarized_mnist``.
+    """
+
+    def __init__(
+        self,
+        variant: str = "static",
+        root: str = "data",
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        flatten: bool = True,
+        val_size: int | None = None,
+        train_subset: int | None = None,
+        val_subset: int | None = None,
+        test_subset: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        download: bool = False,
+    ) -> None:
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown binarized MNIST variant {variant!r}; choose one of {list(VARIANTS)}")
+        if variant == "static" and val_size is not None:
+            raise ValueError(
+                f"val_size={val_size} does not apply to static MNIST, whose files fix the split "
+                f"(50000/10000/10000); leave it unset (use val_subset for a smaller validation set)"
+            )
+        _check_int("val_size", val_size, optional=True)
+        super().__init__(root, batch_size, eval_batch_size, flatten, train_subset, val_subset, test_subset,
+                         num_workers, pin_memory, seed, download)
+        self.save_hyperparameters()
+        self.variant = variant
+        self.val_size = 10_000 if val_size is None else val_size
+        if variant != "static":
+            self.train_transform = self.eval_transform = "binarize"
+
+    def _raw(self, split: str) -> Tensor:
+        if self.variant == "static":
+            return load_static_mnist(self.root, split, self.download)
+        dataset = "mnist" if self.variant == "dynamic" else "fashion"
+        return grayscale_split(dataset, self.root, split, self.val_size, self.download)
+
+    def _mean(self, raw_mean: Tensor) -> Tensor:
+        return raw_mean if self.variant == "static" else raw_mean / 255.0

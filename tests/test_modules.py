@@ -1,0 +1,174 @@
+"""Layer 3: the LightningModules through a real Trainer, their logging, checkpoints and errors."""
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from datamodules import Toy2DDataModule
+from eim_lightning import HIS, LARS, SNIS, TRS, Gaussian
+from eim_lightning import densities as D
+from eim_lightning.nn import MLP
+
+SMALL = {
+    SNIS: dict(num_proposals=16),
+    TRS: dict(T=16),
+    HIS: dict(T=2),
+    LARS: dict(T=16, num_z_samples=64, num_z_val_samples=1000, num_z_eval_samples=10_000),
+    Gaussian: dict(),
+}
+
+
+def _small(cls, **kwargs):
+    return cls(data_dim=2, num_val_samples=4, num_test_samples=8, **SMALL[cls], **kwargs)
+
+
+def test_paper_defaults_build_in_one_line():
+    snis, trs, his, lars = SNIS(data_dim=2), TRS(data_dim=2), HIS(data_dim=2), LARS(data_dim=2)
+    assert snis.density.num_proposals == 1024 and snis.density.share_proposal_samples
+    assert trs.density.T == 1024 and trs.density.bound == "exact"
+    assert his.density.T == 5
+    torch.testing.assert_close(his.density.alphas, torch.full((5,), 0.995))
+    torch.testing.assert_close(his.density.step_size, torch.full((2,), 0.1))
+    assert lars.density.T == 1024 and lars.density.num_z_samples == 1024
+    assert lars.density.num_z_eval_samples == 10**8 and lars.density.z_ema.item() == 0.5
+    for m in (snis, trs, his, lars):
+        assert m.lr == 3e-4 and m.num_test_samples == 1000
+        assert isinstance(m.density.proposal, D.Normal)
+    assert [l.out_features for l in snis.density.energy.net if isinstance(l, torch.nn.Linear)] == [20, 20, 1]
+    assert [l.out_features for l in his.density.momentum_net.net if isinstance(l, torch.nn.Linear)] == [20, 20, 4]
+
+
+@pytest.mark.parametrize("cls", [SNIS, TRS, HIS, LARS, Gaussian])
+def test_trains_through_trainer_and_logs_its_bound(cls, make_trainer):
+    model = _small(cls)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dm = Toy2DDataModule("nine_gaussians", steps_per_epoch=5, val_size=200, test_size=300, eval_batch_size=100)
+    trainer = make_trainer(max_steps=5, log_every_n_steps=1)
+    trainer.fit(model, datamodule=dm)
+    name = model.bound_name
+    assert name == ("log_prob_estimate" if cls is LARS else "bound")
+    for key in (f"train/{name}_step", f"train/{name}_epoch", f"val/{name}"):
+        assert math.isfinite(trainer.callback_metrics[key].item()), key
+    changed = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert changed, "no parameter moved"
+    (result,) = trainer.test(model, datamodule=dm, verbose=False)
+    assert math.isfinite(result[f"test/{name}"])
+
+
+@pytest.mark.parametrize("cls,diag", [(SNIS, "ess"), (TRS, "expected_trials"), (HIS, "step_size"), (LARS, "z")])
+def test_diagnostics_are_logged(cls, diag, make_trainer):
+    model = _small(cls)
+    trainer = make_trainer(max_steps=2, log_every_n_steps=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=Toy2DDataModule(steps_per_epoch=2))
+    assert f"train/{diag}" in trainer.callback_metrics
+
+
+@pytest.mark.parametrize("batch_kind", ["tensor", "tuple"])
+def test_plain_dataloaders_work(batch_kind, make_trainer):
+    x = torch.randn(64, 2)
+    data = TensorDataset(x) if batch_kind == "tuple" else x
+    model = _small(SNIS)
+    trainer = make_trainer(max_steps=3)
+    trainer.fit(model, DataLoader(data, batch_size=16))
+    assert trainer.global_step == 3
+
+
+def test_test_bound_is_the_mean_over_all_test_points(make_trainer):
+    """With an exact density (Gaussian), test/bound must equal the mean log-density over the
+    whole test set, however it is batched (torchmetrics aggregation, uneven last batch)."""
+    model = Gaussian(data_dim=2)
+    with torch.no_grad():
+        model.density.loc.copy_(torch.tensor([0.3, -0.2]))
+    dm = Toy2DDataModule("two_rings", test_size=1050, eval_batch_size=100)
+    (result,) = make_trainer().test(model, datamodule=dm, verbose=False)
+    dm.setup("test")
+    x = torch.cat([b[0] for b in dm.test_dataloader()]).double()
+    exact = torch.distributions.Normal(torch.tensor([0.3, -0.2]).double(), 1.0).log_prob(x).sum(-1).mean()
+    assert result["test/bound"] == pytest.approx(exact.item(), abs=1e-5)
+
+
+def test_lars_moving_average_updates_after_each_step_and_is_checkpointed(make_trainer, tmp_path):
+    model = _small(LARS)
+    trainer = make_trainer(max_steps=3, limit_val_batches=0)
+    trainer.fit(model, datamodule=Toy2DDataModule(steps_per_epoch=3))
+    z = model.density.z_ema.item()
+    assert z != 0.5 and 0 < z < 1
+    path = tmp_path / "lars.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = LARS.load_from_checkpoint(path)
+    assert loaded.density.z_ema.item() == z
+
+
+@pytest.mark.parametrize("cls", [SNIS, TRS, HIS, LARS, Gaussian])
+def test_checkpoint_reload_restores_parameters_and_state(cls, make_trainer, tmp_path):
+    model = _small(cls)
+    trainer = make_trainer(max_steps=2, limit_val_batches=0)
+    trainer.fit(model, datamodule=Toy2DDataModule(steps_per_epoch=2))
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = cls.load_from_checkpoint(path)
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2
+        torch.testing.assert_close(a, b, equal_nan=True, rtol=0, atol=0)
+    assert loaded.hparams == model.hparams
+
+
+def test_custom_parts_and_ready_densities():
+    proposal = D.Normal(2, scale=2.0)
+    energy = MLP(2, [8], 1)
+    model = SNIS(proposal=proposal, energy=energy, num_proposals=4)
+    assert model.density.proposal is proposal and model.density.energy is energy
+    ready = D.TRS(D.Normal(2), MLP(2, [8], 1), T=3)
+    assert TRS(density=ready).density is ready
+    with pytest.raises(ValueError, match="either a ready density or its parts"):
+        TRS(density=ready, accept_logit=MLP(2, [8], 1))
+
+
+def test_datamodule_dimension_mismatch_is_a_clear_error(make_trainer):
+    with pytest.raises(ValueError, match=r"shape \[B, 2\].*models \[B, 3\]"):
+        make_trainer(max_steps=1).fit(SNIS(data_dim=3, num_proposals=4), datamodule=Toy2DDataModule())
+
+
+def test_bad_batches_are_clear_errors(make_trainer):
+    model = _small(SNIS)
+    with pytest.raises(ValueError, match="non-finite"):
+        make_trainer(max_steps=1).fit(model, DataLoader(TensorDataset(torch.tensor([[0.0, math.nan]] * 4)), batch_size=4))
+    with pytest.raises(ValueError, match=r"shape \[B, 2\].*got \[4, 3\]"):
+        make_trainer(max_steps=1).fit(model, DataLoader(TensorDataset(torch.zeros(4, 3)), batch_size=4))
+    with pytest.raises(TypeError, match="dtype torch.int64"):
+        make_trainer(max_steps=1).fit(model, DataLoader(TensorDataset(torch.zeros(4, 2, dtype=torch.long)), batch_size=4))
+    with pytest.raises(TypeError, match="expected a batch"):
+        make_trainer(max_steps=1).fit(model, DataLoader([{"x": torch.zeros(2)}] * 4, batch_size=2))
+
+
+def test_impossible_hyperparameters_are_clear_errors():
+    with pytest.raises(ValueError, match=r"num_proposals \(K\) must be an integer >= 1"):
+        SNIS(num_proposals=0)
+    with pytest.raises(ValueError, match="T must be an integer >= 1"):
+        TRS(T=0)
+    with pytest.raises(ValueError, match="T must be an integer >= 1"):
+        LARS(T=0)
+    with pytest.raises(ValueError, match=r"T \(leapfrog steps\) must be an integer >= 0"):
+        HIS(T=-1)
+    assert HIS(T=0).density.T == 0
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        SNIS(lr=0.0)
+    with pytest.raises(ValueError, match="num_test_samples"):
+        SNIS(num_test_samples=0)
+
+
+class _NaNEnergy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return self.w * torch.log(x[..., :1] - 100.0)  # log of a negative number: NaN
+
+
+def test_non_finite_loss_stops_training_with_the_step_named(make_trainer):
+    model = SNIS(energy=_NaNEnergy(), num_proposals=4)
+    with pytest.raises(FloatingPointError, match="non-finite training loss at global step 0"):
+        make_trainer(max_steps=3).fit(model, datamodule=Toy2DDataModule(steps_per_epoch=3))
