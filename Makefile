@@ -30,7 +30,7 @@ bench: $(STAMP)
 	$(PY) bench/toy2d_steps.py --output docs/BENCHMARKS.md
 
 results: $(STAMP)
-	$(PY) scripts/toy2d_results.py --output docs/RESULTS.md
+	$(PY) bench/toy2d_results.py --steps 20000 --jobs 2 --output docs/RESULTS.md
 
 clean:
 	rm -rf $(VENV) runs lightning_logs .pytest_cache

@@ -1,0 +1,149 @@
+"""Training steps per second of the 2-D EIMs: a bare PyTorch loop vs ``Trainer.fit``.
+
+For SNIS, TRS and LARS at K (or T) in {128, 1024} and HIS at T = 5, batch 128 of fresh
+checkerboard samples, Adam 3e-4, on the CPU. The bare loop is exactly what the module's
+training step does (draw a batch, ``density.bound_and_diagnostics``, ``-bound.mean()``,
+backward, Adam step, LARS's Z update) without Lightning; the ratio of the two is Lightning's
+overhead. Each row is the median of ``--repeats`` timed windows of ``--steps`` steps after
+``--warmup`` steps. Writes a Markdown table (``--output``) with the machine and versions.
+
+    python bench/toy2d_steps.py --output docs/BENCHMARKS.md
+    python bench/toy2d_steps.py --steps 200 --repeats 1          # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+
+import lightning as L
+import torch
+
+from datamodules import Toy2DDataModule, make_target
+from eim_lightning import HIS, LARS, SNIS, TRS
+
+from machine import describe
+
+CASES = [
+    ("SNIS", "K", 128, lambda: SNIS(num_proposals=128)),
+    ("SNIS", "K", 1024, lambda: SNIS(num_proposals=1024)),
+    ("TRS", "T", 128, lambda: TRS(T=128)),
+    ("TRS", "T", 1024, lambda: TRS(T=1024)),
+    ("LARS", "T=K", 128, lambda: LARS(T=128, num_z_samples=128)),
+    ("LARS", "T=K", 1024, lambda: LARS(T=1024, num_z_samples=1024)),
+    ("HIS", "T", 5, lambda: HIS(T=5)),
+]
+
+
+def bare_loop_seconds(make, steps: int, warmup: int, fast: bool) -> float:
+    """Seconds per step of the training step written as a plain PyTorch loop."""
+    module = make()
+    density = module.density
+    density.validate_args = not fast
+    optimizer = torch.optim.Adam(density.parameters(), lr=3e-4)
+    target = make_target("checkerboard")
+    update_z = getattr(density, "update_z_ema", None)
+    start = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            start = time.perf_counter()
+        x = target.sample(128, torch.Generator().manual_seed(i))
+        bound, _ = density.bound_and_diagnostics(x)
+        loss = -bound.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if update_z is not None:
+            update_z()
+    return (time.perf_counter() - start) / steps
+
+
+class _StepTimer(L.Callback):
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start, self.end = warmup, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.end = time.perf_counter()
+
+
+def lightning_seconds(make, steps: int, warmup: int, fast: bool) -> float:
+    """Seconds per step of ``Trainer.fit`` (no validation, logger, checkpoints or progress bar)."""
+    module = make()
+    if fast:
+        module.validate_inputs = False
+        module.check_finite_every_n_steps = 0
+    timer = _StepTimer(warmup)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=warmup + steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    trainer.fit(module, datamodule=Toy2DDataModule("checkerboard", steps_per_epoch=warmup + steps))
+    return (timer.end - timer.start) / steps
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--output", default=None, help="write the Markdown table here")
+    opts = parser.parse_args(argv)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    began = time.time()
+    rows = []
+    for name, knob, value, make in CASES:
+        cells = []
+        for fn, fast in ((bare_loop_seconds, True), (lightning_seconds, False), (lightning_seconds, True)):
+            runs = [fn(make, opts.steps, opts.warmup, fast) for _ in range(opts.repeats)]
+            cells.append(statistics.median(runs))
+        bare, lit, lit_fast = cells
+        rows.append(
+            f"| {name} | {knob} = {value} | {bare * 1e3:.2f} | {lit * 1e3:.2f} | {lit_fast * 1e3:.2f} | "
+            f"{lit_fast / bare:.2f} | {1 / lit:.0f} |"
+        )
+        print(rows[-1], flush=True)
+    took = time.time() - began
+    header = [
+        "| model | size | bare loop (ms/step) | Trainer.fit (ms/step) | Trainer.fit, checks off (ms/step) | Lightning (checks off) / bare | steps/s (Trainer.fit) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    text = "\n".join(
+        [
+            "## 2-D training step (batch 128, CPU)",
+            "",
+            f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {describe()}; "
+            f"median of {opts.repeats} windows of {opts.steps} steps after {opts.warmup} warm-up steps; "
+            f"the whole run took {took / 60:.1f} minutes. Command: `python bench/toy2d_steps.py "
+            f"{' '.join(argv if argv is not None else sys.argv[1:])}`.",
+            "",
+            *header,
+            *rows,
+            "",
+            "\"checks off\": `validate_inputs=False, check_finite_every_n_steps=0` (no host syncs in the step); "
+            "the bare loop runs with the density's input checks off as well.",
+            "",
+        ]
+    )
+    print(text)
+    if opts.output:
+        with open(opts.output, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
