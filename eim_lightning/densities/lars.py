@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn.functional import logsigmoid
 
 from ..bounds import lars_log_prob
+from ..ops import as_float32_or_wider
 from .base import Density, check_positive_int, evaluate_net
 from .trs import truncated_rejection_sample
 
@@ -116,7 +117,7 @@ class LARS(Density):
         processes so the buffer stays identical on every worker. No-op without a pending Z_s."""
         if self._pending_z_s is None:
             return
-        value = self._pending_z_s.float().mean()
+        value = as_float32_or_wider(self._pending_z_s).mean()  # float64 models keep full precision
         if reduce is not None:
             value = reduce(value)
         self.z_ema.copy_(value)

@@ -131,7 +131,11 @@ class SNIS(Density):
         """
         self._sample_shape(n, context)
         z, u = self._particles(n, context, reparameterized=True)
-        log_pi = self.proposal.log_prob_replicas(z.reshape(-1, *self.event_shape), 1)[0].reshape(u.shape)
+        flat_context = None
+        if context is not None:  # a conditional proposal needs each particle's context
+            flat_context = context.expand(*u.shape[:2], *context.shape).reshape(-1, *context.shape[1:])
+        log_pi = self.proposal.log_prob_replicas(z.reshape(-1, *self.event_shape), 1, flat_context)[0]
+        log_pi = log_pi.reshape(u.shape)
         log_s, upper = snis_particle_upper_bounds(log_pi, u)
         return SNISParticles(z, log_s, upper)
 

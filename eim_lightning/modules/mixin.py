@@ -139,21 +139,23 @@ class BoundEstimatorMixin:
 
     # -- steps --------------------------------------------------------------------------------
 
-    def training_bound(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """The per-example training bound ``[B]`` and diagnostics (override to change)."""
-        return self.density.bound_and_diagnostics(x)
+    def training_bound(self, batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """The per-example training bound ``[B]`` and diagnostics of a batch.
 
-    def evaluation_bound(self, x: Tensor, num_samples: int) -> Tensor:
-        """The per-example evaluation bound ``[B]`` with ``num_samples`` replicas."""
-        return self.density.log_prob_lower_bound(x, num_samples=num_samples)
+        Override to train on something other than ``density.bound_and_diagnostics`` of the
+        batch's first tensor (e.g. pairs ``(x, c)``)."""
+        return self.density.bound_and_diagnostics(self.unpack_batch(batch))
+
+    def evaluation_bound(self, batch, num_samples: int) -> Tensor:
+        """The per-example evaluation bound ``[B]`` of a batch with ``num_samples`` replicas."""
+        return self.density.log_prob_lower_bound(self.unpack_batch(batch), num_samples=num_samples)
 
     def _logging_step(self) -> bool:
         trainer = self.trainer
         return trainer.global_step % max(1, trainer.log_every_n_steps) == 0
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        x = self.unpack_batch(batch)
-        bound, diagnostics = self.training_bound(x)
+        bound, diagnostics = self.training_bound(batch)
         loss = -bound.mean()
         n = self.check_finite_every_n_steps
         if n and self.global_step % n == 0 and not bool(torch.isfinite(loss)):
@@ -169,8 +171,7 @@ class BoundEstimatorMixin:
         return loss
 
     def _eval_step(self, batch, metric: MeanMetric, stage: str, num_samples: int) -> None:
-        x = self.unpack_batch(batch)
-        metric.update(self.evaluation_bound(x, num_samples))
+        metric.update(self.evaluation_bound(batch, num_samples))
         self.log(f"{stage}/{self.bound_name}", metric, on_step=False, on_epoch=True, prog_bar=True)
 
     def validation_step(self, batch, batch_idx: int) -> None:
