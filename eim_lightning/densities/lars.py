@@ -47,7 +47,8 @@ class LARS(Density):
         accept_logit: network giving ``f``, ``a = sigmoid(f)``.
         T: truncation, ``T >= 1``.
         num_z_samples: proposal samples per training step for ``Z_curr``.
-        num_z_eval_samples: proposal samples for the evaluation estimate of Z.
+        num_z_val_samples: proposal samples for Z at validation (cheaper than at test).
+        num_z_eval_samples: proposal samples for the evaluation (test) estimate of Z.
         z_eval_chunk_size: samples per chunk of that estimate.
         antithetic: use antithetic pairs in the evaluation estimate.
         z_ema_rate: ``eps`` of the moving average.
@@ -59,6 +60,7 @@ class LARS(Density):
         accept_logit: nn.Module,
         T: int = 1024,
         num_z_samples: int = 1024,
+        num_z_val_samples: int = 10**5,
         num_z_eval_samples: int = 10**8,
         z_eval_chunk_size: int = 2**16,
         antithetic: bool = False,
@@ -70,6 +72,7 @@ class LARS(Density):
         super().__init__(proposal.event_shape, eval_chunk_size)
         self.T = check_positive_int("T", T)
         self.num_z_samples = check_positive_int("num_z_samples", num_z_samples)
+        self.num_z_val_samples = check_positive_int("num_z_val_samples", num_z_val_samples)
         self.num_z_eval_samples = check_positive_int("num_z_eval_samples", num_z_eval_samples)
         self.z_eval_chunk_size = check_positive_int("z_eval_chunk_size", z_eval_chunk_size)
         self.sample_chunk_size = check_positive_int("sample_chunk_size", sample_chunk_size)

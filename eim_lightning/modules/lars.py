@@ -10,6 +10,9 @@ estimated, its value is **an estimate of log q_T(x), not a bound**: it is logged
   at the start of testing from ``num_z_eval_samples`` (default 1e8; the LARS paper used 1e10),
   streamed in chunks and averaged over processes.
 
+Both are done by :class:`BoundEstimatorMixin` for every LARS density inside any module (so a
+VAE with a LARS prior gets them too).
+
 ``LARS(data_dim=2)`` is the paper's 2-D model: N(0, I) proposal, acceptance MLP 20-20 tanh,
 T = 1024 and K = 1024 samples for Z per step.
 """
@@ -19,10 +22,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import lightning as L
-from torch import Tensor, nn
+from torch import nn
 
 from .. import densities
-from ..densities.base import check_positive_int
 from .mixin import BoundEstimatorMixin, default_mlp, default_proposal, resolve_density
 
 __all__ = ["LARS"]
@@ -65,7 +67,6 @@ class LARS(BoundEstimatorMixin, L.LightningModule):
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["proposal", "accept_logit", "density"])
-        self.num_z_val_samples = check_positive_int("num_z_val_samples", num_z_val_samples)
         self.density = resolve_density(
             density,
             {"proposal": proposal, "accept_logit": accept_logit},
@@ -74,25 +75,9 @@ class LARS(BoundEstimatorMixin, L.LightningModule):
                 default_mlp(data_dim, hidden_sizes, accept_logit),
                 T=T,
                 num_z_samples=num_z_samples,
+                num_z_val_samples=num_z_val_samples,
                 num_z_eval_samples=num_z_eval_samples,
                 z_eval_chunk_size=z_eval_chunk_size,
                 antithetic=antithetic,
             ),
         )
-
-    def _mean_over_processes(self, value: Tensor) -> Tensor:
-        return self.trainer.strategy.reduce(value, reduce_op="mean")
-
-    def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
-        self.density.update_z_ema(self._mean_over_processes)
-
-    def _estimate_z(self, num_samples: int) -> None:
-        z = self.density.estimate_z(num_samples)
-        self.density.z_eval.copy_(self._mean_over_processes(z.to(self.density.z_eval.dtype)))
-
-    def on_validation_epoch_start(self) -> None:
-        self._estimate_z(self.num_z_val_samples)
-
-    def on_test_epoch_start(self) -> None:
-        self._estimate_z(self.density.num_z_eval_samples)

@@ -19,6 +19,11 @@ The mixin owns everything else:
 * ``setup``: checks that a datamodule's ``event_shape`` matches the model's and copies its
   ``data_mean`` into the density's ``data_mean`` buffer (energies see centred input).
 
+* LARS state: for every :class:`~eim_lightning.densities.LARS` inside the module (the model
+  itself, a VAE's prior, ...) it updates the moving-average Z after each optimiser step and
+  re-estimates Z at the start of validation (``num_z_val_samples``) and test
+  (``num_z_eval_samples``), averaging over processes so every worker holds the same Z.
+
 ``bound_name`` is ``"bound"``; LARS overrides it with ``"log_prob_estimate"`` (its Z is
 estimated, so its value is not a bound).
 """
@@ -32,7 +37,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from ..densities import Density, Normal
+from ..densities import LARS, Density, Normal
 from ..densities.base import check_positive_int
 from ..nn import MLP
 
@@ -179,6 +184,31 @@ class BoundEstimatorMixin:
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metric, "test", self.num_test_samples)
+
+    # -- LARS state -----------------------------------------------------------------------------
+
+    def _lars_densities(self) -> list[LARS]:
+        return [m for m in self.modules() if isinstance(m, LARS)]
+
+    def _mean_over_processes(self, value: Tensor) -> Tensor:
+        return self.trainer.strategy.reduce(value, reduce_op="mean")
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        for lars in self._lars_densities():
+            lars.update_z_ema(self._mean_over_processes)
+
+    def _estimate_lars_z(self, stage: str) -> None:
+        for lars in self._lars_densities():
+            n = lars.num_z_val_samples if stage == "val" else lars.num_z_eval_samples
+            z = lars.estimate_z(n)
+            lars.z_eval.copy_(self._mean_over_processes(z.to(lars.z_eval.dtype)))
+
+    def on_validation_epoch_start(self) -> None:
+        self._estimate_lars_z("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._estimate_lars_z("test")
 
     # -- optimisation -------------------------------------------------------------------------
 
