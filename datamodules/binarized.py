@@ -37,6 +37,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from .idx import _cache_key, load_mnist_images, read_bytes
+from .loaders import eval_loader, train_loader
 
 __all__ = [
     "BinarizedMNISTDataModule",
@@ -333,24 +334,17 @@ class ImageDataModule(L.LightningDataModule):
         for split in splits[stage]:
             self._dataset(split)
 
-    def _loader(self, dataset: ImageDataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
+    def _loader_options(self) -> dict:
+        return {"num_workers": self.num_workers, "pin_memory": self.pin_memory, "persistent_workers": self.num_workers > 0}
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, self.batch_size, shuffle=True)
+        return train_loader(self.train_dataset, self.batch_size, seed=self.seed, **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, self.eval_batch_size, shuffle=False)
+        return eval_loader(self.val_dataset, self.eval_batch_size, self.trainer, **self._loader_options())
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, self.eval_batch_size, shuffle=False)
+        return eval_loader(self.test_dataset, self.eval_batch_size, self.trainer, **self._loader_options())
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

@@ -27,6 +27,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
+from .loaders import eval_loader, train_loader
+
 __all__ = ["Target", "NineGaussians", "TwoRings", "Checkerboard", "TARGETS", "make_target", "Toy2DDataModule"]
 
 
@@ -217,12 +219,12 @@ class Toy2DDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         data = _FreshSamples(self.target, self.batch_size, self.steps_per_epoch, self.seed, self._position)
-        return DataLoader(data, batch_size=None, num_workers=0)
+        return train_loader(data, batch_size=None, seed=self.seed, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
-        return DataLoader(self._val, batch_size=self.eval_batch_size)
+        return eval_loader(self._val, self.eval_batch_size, self.trainer)
 
     def test_dataloader(self) -> DataLoader:
         self.setup()
-        return DataLoader(self._test, batch_size=self.eval_batch_size)
+        return eval_loader(self._test, self.eval_batch_size, self.trainer)

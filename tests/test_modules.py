@@ -172,3 +172,20 @@ def test_non_finite_loss_stops_training_with_the_step_named(make_trainer):
     model = SNIS(energy=_NaNEnergy(), num_proposals=4)
     with pytest.raises(FloatingPointError, match="non-finite training loss at global step 0"):
         make_trainer(max_steps=3).fit(model, datamodule=Toy2DDataModule(steps_per_epoch=3))
+
+
+def test_validation_does_not_change_the_training_trajectory(make_trainer):
+    """Validation draws on a side stream: training with and without it ends at the same weights."""
+    import lightning as L
+
+    def train(validate: bool):
+        L.seed_everything(0)
+        model = SNIS(num_proposals=8, num_val_samples=3)
+        trainer = make_trainer(
+            max_steps=25, val_check_interval=7 if validate else 1.0, check_val_every_n_epoch=None if validate else 1,
+            limit_val_batches=1 if validate else 0, num_sanity_val_steps=2,
+        )
+        trainer.fit(model, datamodule=Toy2DDataModule(steps_per_epoch=10, val_size=50, eval_batch_size=50))
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    assert torch.equal(train(True), train(False))

@@ -17,8 +17,14 @@ The mixin owns everything else:
   step), a non-finite loss stops training with the step and quantity named
   (``check_finite_every_n_steps``; one host sync per checked step, 0 disables);
 * ``setup``: checks that a datamodule's ``event_shape`` matches the model's and copies its
-  ``data_mean`` into the density's ``data_mean`` buffer (energies see centred input).
+  ``data_mean`` into the density's ``data_mean`` buffer (energies see centred input), and
+  passes it to every submodule with an ``initialize_from_data(mean)`` method (a VAE, also as
+  an EIM's proposal: encoder centring and, once, the decoder's output bias).
 
+* randomness: the random-number state of every process is saved in checkpoints and restored
+  when training resumes (so a resumed run draws the same negatives as an uninterrupted one),
+  and validation runs on a side stream (the training stream is restored after it), so the
+  training trajectory does not depend on how often it is validated;
 * LARS state: for every :class:`~eim_lightning.densities.LARS` inside the module (the model
   itself, a VAE's prior, ...) it updates the moving-average Z after each optimiser step and
   re-estimates Z at the start of validation (``num_z_val_samples``) and test
@@ -141,6 +147,13 @@ class BoundEstimatorMixin:
         if stage == "fit" and mean is not None and isinstance(buffer, Tensor):
             buffer.copy_(torch.as_tensor(mean, dtype=buffer.dtype).expand_as(buffer))
             rank_zero_info(f"{type(self).__name__}: energy inputs centred on the datamodule's data_mean")
+        if stage == "fit" and mean is not None:
+            # hook: any part that learns from the data mean (a VAE's encoder centring and decoder
+            # bias, also when the VAE is an EIM's proposal) defines initialize_from_data(mean)
+            for module in self.modules():
+                hook = getattr(module, "initialize_from_data", None)
+                if callable(hook):
+                    hook(mean)
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -204,11 +217,57 @@ class BoundEstimatorMixin:
             z = lars.estimate_z(n)
             lars.z_eval.copy_(self._mean_over_processes(z.to(lars.z_eval.dtype)))
 
+    # -- randomness: exact resume, and evaluation that does not perturb training -----------------
+
+    def _rng_state(self) -> dict:
+        state = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _set_rng_state(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available() and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+
+    def on_validation_start(self) -> None:
+        # validation draws its own negatives (and its DataLoader draws a seed); put the training
+        # stream back afterwards so that training is the same however often it is validated
+        self._rng_before_validation = self._rng_state()
+
     def on_validation_epoch_start(self) -> None:
         self._estimate_lars_z("val")
 
+    def on_validation_end(self) -> None:
+        saved = getattr(self, "_rng_before_validation", None)
+        if saved is not None:
+            self._set_rng_state(saved)
+            self._rng_before_validation = None
+
     def on_test_epoch_start(self) -> None:
         self._estimate_lars_z("test")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Save every process's random-number state, so a resumed run draws the same negatives."""
+        state = self._rng_state()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, state)
+        else:
+            states = [state]
+        checkpoint["eim_rng_states"] = states
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("eim_rng_states")
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        # restored when training (re)starts, after Lightning's sanity-check validation
+        self._rng_to_restore = states[rank] if states and rank < len(states) else None
+
+    def on_train_start(self) -> None:
+        state = getattr(self, "_rng_to_restore", None)
+        if state is not None:
+            self._set_rng_state(state)
+            self._rng_to_restore = None
 
     # -- optimisation -------------------------------------------------------------------------
 

@@ -1,0 +1,69 @@
+"""A training job for the resume tests, run as a subprocess:
+
+    python tests/jobs/train_job.py MODEL MAX_STEPS OUT [--kill-at N] [--resume CKPT] [--ckpt-dir DIR]
+
+Trains ``MODEL`` on the checkerboard with validation every 4 steps and a checkpoint every 5
+steps (``last.ckpt``), optionally SIGKILLs itself right after step ``N`` (a crash: no cleanup,
+no final checkpoint), optionally resumes from ``CKPT``, and saves the final state dict plus an
+evaluation bound on fixed points to ``OUT``.
+"""
+
+import argparse
+import os
+import signal
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from datamodules import Toy2DDataModule
+from eim_lightning import HIS, LARS, SNIS, TRS
+
+MODELS = {
+    "snis": lambda: SNIS(num_proposals=32, num_val_samples=4),
+    "trs": lambda: TRS(T=32, num_val_samples=4),
+    "his": lambda: HIS(T=3, num_val_samples=4),
+    "lars": lambda: LARS(T=32, num_z_samples=64, num_z_val_samples=500, num_val_samples=4),
+}
+
+
+class KillAt(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("model", choices=sorted(MODELS))
+    p.add_argument("max_steps", type=int)
+    p.add_argument("out")
+    p.add_argument("--kill-at", type=int, default=0)
+    p.add_argument("--resume", default=None)
+    p.add_argument("--ckpt-dir", default=None)
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    L.seed_everything(0)
+    model = MODELS[a.model]()
+    callbacks = [ModelCheckpoint(dirpath=a.ckpt_dir, every_n_train_steps=5, save_last=True, save_top_k=0)]
+    if a.kill_at:
+        callbacks.insert(0, KillAt(a.kill_at))
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=a.max_steps, val_check_interval=4, check_val_every_n_epoch=None,
+        limit_val_batches=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=callbacks, default_root_dir=a.ckpt_dir,
+    )
+    dm = Toy2DDataModule("two_rings", batch_size=64, steps_per_epoch=7, val_size=100, eval_batch_size=100)
+    trainer.fit(model, datamodule=dm, ckpt_path=a.resume)
+    model.eval()
+    torch.manual_seed(123)
+    x = Toy2DDataModule("two_rings").target.sample(256, torch.Generator().manual_seed(7))
+    bound = model.density.log_prob_lower_bound(x, num_samples=8).mean()
+    torch.save({"state": model.state_dict(), "bound": bound, "step": trainer.global_step}, a.out)
+
+
+if __name__ == "__main__":
+    main()
