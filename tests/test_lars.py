@@ -1,0 +1,307 @@
+r"""LARS (ALGORITHMS.md 2.4) against quadrature, its update rule and its saved state, in float64.
+
+Oracle: proposal pi = N(0, 1) (or N(0.75, 1)), acceptance a = sigmoid(f) with a fixed f, Z = E_pi[a]
+by quadrature, and the truncated density written out term by term,
+
+    q_T(x) = pi(x) [ a(x) sum_{t=0}^{T-2} (1-Z)^t + (1-Z)^{T-1} ].
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import special, stats
+from scipy.integrate import cumulative_trapezoid, trapezoid
+from torch import nn
+
+from eim_lightning.densities import LARS, Normal
+from eim_lightning.nn import MLP
+
+GRID = np.linspace(-8.0, 8.0, 3201)
+GRID_T = torch.from_numpy(GRID).unsqueeze(-1)
+
+
+class SinLogit(nn.Module):
+    """Fixed acceptance logit ``f(x) = 1.5 sin(2 (x - centre)) + shift``, ``[..., 1] -> [...]``."""
+
+    def __init__(self, shift: float = -0.5, centre: float = 0.0) -> None:
+        super().__init__()
+        self.shift, self.centre = shift, centre
+
+    def forward(self, x):
+        return 1.5 * torch.sin(2 * (x[..., 0] - self.centre)) + self.shift
+
+
+def oracle(shift: float = -0.5, loc: float = 0.0, centre: float = 0.0):
+    """``(pi, a, Z, Var_pi[a])`` on GRID by quadrature."""
+    pi = stats.norm.pdf(GRID, loc=loc)
+    a = special.expit(1.5 * np.sin(2 * (GRID - centre)) + shift)
+    z = float(trapezoid(pi * a, GRID))
+    return pi, a, z, float(trapezoid(pi * a**2, GRID)) - z**2
+
+
+def q_T(T: int, pi, a, z) -> np.ndarray:
+    geo = sum((1 - z) ** t for t in range(T - 1))
+    return pi * (a * geo + (1 - z) ** (T - 1))
+
+
+def make_lars(T: int = 5, shift: float = -0.5, loc: float = 0.0, centre: float = 0.0, **kwargs) -> LARS:
+    return LARS(Normal(1, loc=loc), SinLogit(shift, centre), T=T, **kwargs).double()
+
+
+def chisquare_pvalue(samples: np.ndarray, density: np.ndarray, bins: int = 40) -> float:
+    cdf = cumulative_trapezoid(density, GRID, initial=0.0)
+    cdf = cdf / cdf[-1]
+    inner = np.interp(np.linspace(0.0, 1.0, bins + 1)[1:-1], cdf, GRID)
+    counts = np.bincount(np.searchsorted(inner, samples), minlength=bins)
+    expected = np.diff(np.concatenate([[0.0], np.interp(inner, GRID, cdf), [1.0]])) * len(samples)
+    return float(stats.chisquare(counts, expected).pvalue)
+
+
+# -- the density given Z --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("T", [1, 2, 5, 50, 1024])
+def test_log_prob_given_true_z_is_q_T_and_integrates_to_one(T):
+    pi, a, z, _ = oracle()
+    lars = make_lars(T)
+    with torch.no_grad():
+        got = lars.log_prob_given_z(GRID_T, torch.tensor(z, dtype=torch.float64), num_replicas=2)
+    assert got.shape == (2, len(GRID))
+    expected = q_T(T, pi, a, z)
+    np.testing.assert_allclose(got[0].exp().numpy(), expected, rtol=1e-11, atol=1e-300)
+    np.testing.assert_allclose(got[1].numpy(), got[0].numpy(), rtol=0, atol=0)
+    assert trapezoid(got[0].exp().numpy(), GRID) == pytest.approx(1.0, abs=1e-10)
+    if T > 1:  # with a wrong Z it is not normalised: the estimate is not a density
+        wrong = lars.log_prob_given_z(GRID_T, torch.tensor(0.8 * z, dtype=torch.float64))[0].exp().detach()
+        assert abs(trapezoid(wrong.numpy(), GRID) - 1.0) > 1e-3
+
+
+def test_T1_gives_log_pi_for_any_z():
+    x = torch.randn(20, 1, dtype=torch.float64) * 3
+    lars = make_lars(1)
+    log_pi = torch.distributions.Normal(0.0, 1.0).log_prob(x[:, 0])
+    for z in (1e-6, 0.3, 1.0):
+        torch.testing.assert_close(lars.log_prob_given_z(x, torch.tensor(z, dtype=torch.float64))[0], log_pi, rtol=0, atol=1e-13)
+    lars.eval()
+    with torch.no_grad():
+        lars.z_eval.fill_(0.123)
+    torch.testing.assert_close(lars.log_prob_lower_bound(x, 3), log_pi, rtol=0, atol=1e-13)
+
+
+def test_sample_matches_q_T():
+    pi, a, z, _ = oracle()
+    x = make_lars(5, sample_chunk_size=5 * 3000).sample(20_000)[:, 0].numpy()
+    assert chisquare_pvalue(x, q_T(5, pi, a, z)) > 1e-3
+    assert chisquare_pvalue(x, q_T(3, pi, a, z)) < 1e-6  # power
+
+
+# -- estimating Z ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("antithetic", [False, True])
+@pytest.mark.parametrize("chunk", [7777, 200_000])
+def test_estimate_z_is_within_its_monte_carlo_error(monkeypatch, antithetic, chunk):
+    n = 200_000
+    pi, a, z, var = oracle(shift=-0.5)
+    lars = make_lars(num_z_eval_samples=n, z_eval_chunk_size=chunk, antithetic=antithetic)
+    sizes = []
+    real_sample = lars.proposal.sample
+
+    def spy(m, context=None):
+        sizes.append(m)
+        return real_sample(m, context)
+
+    monkeypatch.setattr(lars.proposal, "sample", spy)
+    est = lars.estimate_z().item()
+    assert max(sizes) <= chunk  # streamed: memory of one chunk
+    assert sum(sizes) == (n if not antithetic else sum((min(chunk, n - i) + 1) // 2 for i in range(0, n, chunk)))
+    if antithetic:  # n/2 i.i.d. pairs, each the mean of a(x) and a(-x)
+        g = 0.5 * (a + np.interp(-GRID, GRID, a))
+        se = math.sqrt((trapezoid(pi * g**2, GRID) - z**2) / (n / 2))
+    else:
+        se = math.sqrt(var / n)
+    assert abs(est - z) < 5 * se, (est, z, se)
+    assert lars.z_eval.item() == est  # cached
+    assert se < 2e-3  # sharp enough to see, e.g., a missing chunk
+
+
+@pytest.mark.parametrize("loc", [0.0, 0.75])
+def test_antithetic_pairs_reflect_about_the_proposal_mean(loc):
+    # a(x) + a(2 loc - x) = 1 when f is odd about loc: antithetic pairs give Z = 1/2 exactly,
+    # for any chunking (even chunks keep the pairs together)
+    lars = make_lars(shift=0.0, loc=loc, centre=loc, antithetic=True)
+    _, _, z, _ = oracle(shift=0.0, loc=loc, centre=loc)
+    assert z == pytest.approx(0.5, abs=1e-12)
+    for n, chunk in ((10_000, 10_000), (10_000, 1000), (9_999, 1234)):
+        est = lars.estimate_z(num_samples=n, chunk_size=chunk).item()
+        exact_expected = 0.5 if n % 2 == 0 and chunk % 2 == 0 else None
+        if exact_expected is not None:
+            assert est == pytest.approx(0.5, abs=1e-12), (n, chunk, est)
+        else:
+            assert abs(est - 0.5) < 0.01
+    # the plain estimator with the same n is not exact: the exactness is the pairing's doing
+    assert abs(lars.estimate_z(num_samples=10_000, chunk_size=1000, antithetic=False).item() - 0.5) > 1e-6
+
+
+# -- the moving average ---------------------------------------------------------------------------
+
+
+def test_moving_average_follows_its_update_rule(monkeypatch):
+    S, eps = 64, 0.05
+    lars = LARS(Normal(1), MLP(1, [8], 1), T=5, num_z_samples=S, z_ema_rate=eps).double()
+    lars.train()
+    drawn = []
+    real_rsample = lars.proposal.rsample
+
+    def spy(m, context=None):
+        out = real_rsample(m, context)
+        drawn.append(out.detach().clone())
+        return out
+
+    monkeypatch.setattr(lars.proposal, "rsample", spy)
+    net = lars.accept_logit
+    z_ema = 0.5
+    assert lars.z_ema.item() == z_ema
+    for step in range(3):
+        drawn.clear()
+        z = lars.training_z()
+        (xs,) = drawn
+        assert xs.shape == (S, 1)
+        with torch.no_grad():
+            z_curr = torch.sigmoid(net(xs)[:, 0]).mean().item()
+        z_s = (1 - eps) * z_ema + eps * z_curr
+        assert z.item() == pytest.approx(z_s, rel=1e-13, abs=0)
+        # value of the smoothed estimate, gradient of the current batch: dZ/dtheta = dZ_curr/dtheta
+        grads = torch.autograd.grad(z, list(net.parameters()))
+        z_curr_t = torch.sigmoid(net(xs)[:, 0]).mean()
+        expected = torch.autograd.grad(z_curr_t, list(net.parameters()))
+        for g, e in zip(grads, expected):
+            torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-14)
+        assert lars.z_ema.item() == z_ema  # unchanged until the optimiser step is done
+        lars.update_z_ema()
+        z_ema = z_s
+        assert lars.z_ema.item() == pytest.approx(z_ema, rel=1e-13, abs=0)
+    lars.update_z_ema()  # no pending Z_s: a no-op
+    assert lars.z_ema.item() == pytest.approx(z_ema, rel=1e-13, abs=0)
+
+
+def test_moving_average_with_posterior_terms_and_a_reduction():
+    S, eps = 16, 0.01
+    lars = make_lars(num_z_samples=S, z_ema_rate=eps)
+    lars.train()
+    extra = torch.tensor([0.2, 0.9, 0.4], dtype=torch.float64)
+    torch.manual_seed(3)
+    z = lars.training_z(extra)
+    torch.manual_seed(3)
+    xs = lars.proposal.rsample(S)
+    z_hat = torch.sigmoid(SinLogit()(xs)).mean()
+    z_curr = (S * z_hat + extra) / (S + 1)
+    z_s = (1 - eps) * 0.5 + eps * z_curr
+    torch.testing.assert_close(z, z_s, rtol=1e-13, atol=0)
+    seen = []
+    lars.update_z_ema(reduce=lambda v: seen.append(v.item()) or v * 0 + 0.25)
+    assert seen == [pytest.approx(z_s.mean().item(), rel=1e-13)]
+    assert lars.z_ema.item() == 0.25  # the reduced value is what is stored (same on all workers)
+
+
+def test_training_forward_uses_the_smoothed_z():
+    lars = make_lars(T=5, num_z_samples=32)
+    lars.train()
+    x = torch.randn(6, 1, dtype=torch.float64)
+    torch.manual_seed(11)
+    got = lars.log_prob_lower_bound(x)
+    z_s = lars._pending_z_s
+    xn = x[:, 0].numpy()
+    pi, a = stats.norm.pdf(xn), special.expit(1.5 * np.sin(2 * xn) - 0.5)
+    np.testing.assert_allclose(got.numpy(), np.log(q_T(5, pi, a, z_s.item())), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got, lars.log_prob_given_z(x, z_s)[0], rtol=1e-13, atol=1e-13)
+
+
+# -- state ---------------------------------------------------------------------------------------
+
+
+def test_z_ema_and_z_eval_survive_a_state_dict_round_trip(tmp_path):
+    lars = make_lars(num_z_samples=16, num_z_eval_samples=5000, z_eval_chunk_size=1000)
+    lars.train()
+    for _ in range(2):
+        lars.training_z()
+        lars.update_z_ema()
+    lars.eval()
+    z_eval = lars.evaluation_z().clone()
+    z_ema = lars.z_ema.clone()
+    assert z_ema.item() != 0.5 and bool(torch.isfinite(z_eval))
+    torch.save(lars.state_dict(), tmp_path / "lars.pt")
+    fresh = make_lars(num_z_samples=16, num_z_eval_samples=5000, z_eval_chunk_size=1000)
+    assert fresh.z_ema.item() == 0.5 and math.isnan(fresh.z_eval.item())
+    fresh.load_state_dict(torch.load(tmp_path / "lars.pt"))
+    fresh.eval()
+    assert fresh.z_ema.item() == z_ema.item() and fresh.z_eval.item() == z_eval.item()
+    # evaluation uses the restored estimate: no new Monte Carlo run
+    x = torch.randn(4, 1, dtype=torch.float64)
+    torch.manual_seed(123)
+    a = fresh.log_prob_lower_bound(x)
+    torch.manual_seed(456)
+    b = fresh.log_prob_lower_bound(x)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(a, fresh.log_prob_given_z(x, z_eval)[0], rtol=0, atol=0)
+
+
+def test_train_clears_the_cached_z_eval():
+    lars = make_lars(num_z_eval_samples=2000, z_eval_chunk_size=500)
+    lars.eval()
+    first = lars.evaluation_z().item()
+    assert math.isfinite(first)
+    assert lars.evaluation_z().item() == first  # cached while in eval mode
+    lars.train()
+    assert math.isnan(lars.z_eval.item())
+    lars.eval()
+    assert lars.evaluation_z().item() != first  # a fresh estimate after training
+
+
+# -- clear errors --------------------------------------------------------------------------------
+
+
+def test_context_is_rejected():
+    lars = make_lars()
+    x = torch.zeros(3, 1, dtype=torch.float64)
+    ctx = torch.zeros(3, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="LARS is unconditional"):
+        lars.log_prob_lower_bound(x, context=ctx)
+    with pytest.raises(ValueError, match="LARS is unconditional"):
+        lars.sample(4, context=ctx)
+
+
+@pytest.mark.parametrize("T", [0, -2, 1.5])
+def test_bad_T_raises(T):
+    with pytest.raises(ValueError, match="T must be an integer >= 1"):
+        LARS(Normal(1), SinLogit(), T=T)
+
+
+def test_bad_settings_raise():
+    with pytest.raises(ValueError, match="z_ema_rate must be in"):
+        LARS(Normal(1), SinLogit(), T=3, z_ema_rate=0.0)
+    with pytest.raises(ValueError, match="num_z_eval_samples must be an integer >= 1"):
+        LARS(Normal(1), SinLogit(), T=3, num_z_eval_samples=0)
+
+
+BAD_INPUTS = [
+    (lambda: torch.zeros(4, dtype=torch.float64), ValueError, r"expected input of shape \[B, 1\]"),
+    (lambda: torch.zeros(4, 2, dtype=torch.float64), ValueError, r"expected input of shape \[B, 1\]"),
+    (lambda: torch.zeros(4, 1, dtype=torch.int64), TypeError, "floating-point"),
+    (lambda: torch.zeros(4, 1, dtype=torch.float32), TypeError, "float64 parameters but got input of dtype torch.float32"),
+    (lambda: torch.tensor([[math.nan]], dtype=torch.float64), ValueError, "non-finite"),
+    (lambda: torch.tensor([[math.inf]], dtype=torch.float64), ValueError, "non-finite"),
+]
+
+
+@pytest.mark.parametrize("make_x,error,match", BAD_INPUTS)
+def test_bad_inputs_raise_clear_errors(make_x, error, match):
+    lars = make_lars()
+    with pytest.raises(error, match=match):
+        lars.log_prob_lower_bound(make_x())
+    with pytest.raises(error, match=match):
+        lars.bound_and_diagnostics(make_x())
