@@ -1,7 +1,9 @@
 """Networks used as energies, potentials, acceptance logits and momentum models.
 
 ``MLP(in_dim, hidden_sizes, out_dim, activation="tanh")`` is the authors' default network:
-Glorot-uniform weights, zero biases. With ``context_dim > 0`` it is conditional: it is called
+Glorot-uniform weights, zero biases. ``output_bias=False`` drops the bias of the last layer,
+for networks used only through their gradient (HIS's potential: a constant offset gets no
+gradient, which multi-process DDP would otherwise report as an unused parameter). With ``context_dim > 0`` it is conditional: it is called
 as ``net(x, context)`` and sees the concatenation ``[x, context]`` (flattened per example), the
 shape conditional EIMs (posteriors q(z|x), CPC's q(x|c)) need.
 """
@@ -39,6 +41,7 @@ class MLP(nn.Module):
         out_dim: int = 1,
         activation: str = "tanh",
         context_dim: int = 0,
+        output_bias: bool = True,
     ) -> None:
         super().__init__()
         if in_dim < 1 or out_dim < 1 or context_dim < 0:
@@ -51,11 +54,13 @@ class MLP(nn.Module):
         sizes = [in_dim + context_dim, *hidden_sizes, out_dim]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            linear = nn.Linear(a, b)
+            last = i == len(sizes) - 2
+            linear = nn.Linear(a, b, bias=output_bias or not last)
             nn.init.xavier_uniform_(linear.weight)
-            nn.init.zeros_(linear.bias)
+            if linear.bias is not None:
+                nn.init.zeros_(linear.bias)
             layers.append(linear)
-            if i < len(sizes) - 2:
+            if not last:
                 layers.append(ACTIVATIONS[activation]())
         self.net = nn.Sequential(*layers)
 

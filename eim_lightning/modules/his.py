@@ -32,7 +32,9 @@ class HIS(BoundEstimatorMixin, L.LightningModule):
         step_size_init: initial leapfrog step size.
         alpha_init: initial tempering factor (0.995 for 2-D, 0.9995 for images).
         proposal: proposal density (default N(0, I)).
-        potential: potential network E (default MLP ``data_dim -> hidden_sizes -> 1``).
+        potential: potential network E (default MLP ``data_dim -> hidden_sizes -> 1`` without an
+            output bias, which would get no gradient). With ``T = 0`` the potential is unused
+            and multi-process training needs ``strategy="ddp_find_unused_parameters_true"``.
         momentum_net: network for r(rho_T | x_T) (default MLP ``data_dim -> hidden_sizes -> 2 data_dim``).
         density: a ready :class:`eim_lightning.densities.HIS` (then no parts).
         **kwargs: estimator options of :class:`BoundEstimatorMixin`.
@@ -58,7 +60,7 @@ class HIS(BoundEstimatorMixin, L.LightningModule):
             {"proposal": proposal, "potential": potential, "momentum_net": momentum_net},
             lambda: densities.HIS(
                 default_proposal(data_dim, proposal),
-                default_mlp(data_dim, hidden_sizes, potential),
+                default_mlp(data_dim, hidden_sizes, potential, output_bias=False),  # E enters only via grad E
                 default_mlp(data_dim, hidden_sizes, momentum_net, out_dim=2 * data_dim),
                 T=T,
                 step_size_init=step_size_init,

@@ -55,9 +55,11 @@ def default_proposal(data_dim: int, proposal: Density | None) -> Density:
     return proposal if proposal is not None else Normal(data_dim)
 
 
-def default_mlp(data_dim: int, hidden_sizes: Sequence[int], net: nn.Module | None, out_dim: int = 1) -> nn.Module:
+def default_mlp(
+    data_dim: int, hidden_sizes: Sequence[int], net: nn.Module | None, out_dim: int = 1, output_bias: bool = True
+) -> nn.Module:
     """``net``, or the paper's default tanh MLP ``data_dim -> hidden_sizes -> out_dim``."""
-    return net if net is not None else MLP(data_dim, list(hidden_sizes), out_dim)
+    return net if net is not None else MLP(data_dim, list(hidden_sizes), out_dim, output_bias=output_bias)
 
 
 def resolve_density(density: Density | None, parts: dict[str, object], build) -> Density:

@@ -1,0 +1,79 @@
+"""Multi-process training job for the DDP test, run as a subprocess:
+
+    python tests/jobs/ddp_job.py OUT
+
+Trains every 2-D module under ``Trainer(strategy="ddp", accelerator="cpu", devices=2)``
+(gloo) for a few steps, records LARS's moving-average Z on every process after every step,
+tests each module, and on rank 0 writes to ``OUT`` the test values, the per-rank Z histories
+and per-rank parameter checksums, plus single-process evaluations of the same weights on the
+same test set for comparison.
+"""
+
+import sys
+
+import lightning as L
+import torch
+
+from datamodules import Toy2DDataModule
+from eim_lightning import HIS, LARS, SNIS, TRS, Gaussian
+
+MODELS = {
+    "snis": lambda: SNIS(num_proposals=32, num_test_samples=16),
+    "trs": lambda: TRS(T=32, num_test_samples=16),
+    "his": lambda: HIS(T=2, num_test_samples=16),
+    "lars": lambda: LARS(T=32, num_z_samples=64, num_z_eval_samples=200_000, num_test_samples=1),
+    "gaussian": lambda: Gaussian(),
+}
+
+
+class ZHistory(L.Callback):
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.values.append(float(pl_module.density.z_ema))
+
+
+def main() -> None:
+    out = sys.argv[1]
+    torch.set_num_threads(1)
+    results = {}
+    for name, make in MODELS.items():
+        L.seed_everything(0)
+        model = make()
+        history = ZHistory()
+        trainer = L.Trainer(
+            accelerator="cpu", strategy="ddp", devices=2, max_steps=6, limit_val_batches=0, logger=False,
+            enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+            callbacks=[history] if name == "lars" else [],
+        )
+        dm = Toy2DDataModule("two_rings", batch_size=32, steps_per_epoch=6, test_size=1001, eval_batch_size=100)
+        trainer.fit(model, datamodule=dm)
+        (metrics,) = trainer.test(model, datamodule=dm, verbose=False)
+        checksum = torch.cat([p.detach().flatten() for p in model.parameters()]).double().sum()
+        gathered = trainer.strategy.all_gather(torch.stack([checksum, torch.tensor(float(len(history.values)))]))
+        z_hist = trainer.strategy.all_gather(torch.tensor(history.values or [0.0]))
+        if trainer.global_rank == 0:
+            dm.setup("test")
+            x = dm._test.tensors[0]
+            model.eval()
+            lars_z = None
+            if name == "lars":
+                lars_z = float(model.density.z_eval)
+            with torch.no_grad():
+                single = model.density.log_prob_lower_bound(x, num_samples=model.num_test_samples)
+            results[name] = {
+                "test": metrics[f"test/{model.bound_name}"],
+                "single_mean": float(single.mean()),
+                "single_se": float(single.std() / len(single) ** 0.5),
+                "checksums": gathered[:, 0].tolist(),
+                "z_history": z_hist.tolist(),
+                "lars_z_eval": lars_z,
+                "world_size": trainer.world_size,
+            }
+    if results:
+        torch.save(results, out)
+
+
+if __name__ == "__main__":
+    main()
