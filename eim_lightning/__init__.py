@@ -11,3 +11,7 @@ from .modules import HIS, LARS, SNIS, TRS, BoundEstimatorMixin, Gaussian
 __version__ = "0.1.0"
 
 __all__ = ["BoundEstimatorMixin", "SNIS", "TRS", "HIS", "LARS", "Gaussian", "__version__"]
+
+from .modules import VAE, ConvHVAE  # noqa: E402
+
+__all__ += ["VAE", "ConvHVAE"]

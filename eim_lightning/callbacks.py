@@ -1,4 +1,6 @@
-"""Layer 4: callbacks. :class:`DensityImageCallback` draws the paper's 2-D figures.
+"""Layer 4: callbacks. :class:`DensityImageCallback` draws the paper's 2-D figures;
+:class:`ImageSampleCallback` (at the end of this file) logs sample and reconstruction grids of
+image models.
 
 Every ``every_n_steps`` training steps and at the end of training it renders, on a grid over
 ``[-limit, limit]^2``, four panels side by side:
@@ -24,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
-__all__ = ["DensityImageCallback", "colorize"]
+__all__ = ["DensityImageCallback", "colorize", "ImageSampleCallback"]
 
 # anchors of the viridis colour map, interpolated linearly
 _VIRIDIS = torch.tensor(
@@ -134,3 +136,93 @@ class DensityImageCallback(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("density/target_model_targethist_modelhist", image, trainer.global_step)
+
+
+class ImageSampleCallback(L.Callback):
+    """Log image grids of a model of 28x28 images: its exact samples, the decoder means at prior
+    draws, and reconstructions of training images, every ``every_n_steps`` steps and at the end.
+
+    Works for a latent-variable model (``density.reconstruct``/``sample_means``, e.g. the VAE and
+    ConvHVAE) and for a pixel-space EIM whose proposal is one (samples of the EIM itself,
+    reconstructions and decoder means from its proposal). Images go to TensorBoard
+    (``images/samples``, ``images/means``, ``images/reconstructions``: originals on odd rows,
+    reconstructions below them) and to PNG files under ``output_dir`` (default
+    ``<log_dir>/images``).
+
+    Args:
+        every_n_steps: render every this many training steps (and always at the end).
+        num_samples: samples per grid (a square number reads best).
+        num_reconstructions: training images reconstructed (0: none).
+        pixel_range: the data's maximum (1 for binary images, 256 for jittered ones).
+        image_shape: ``(H, W)`` of one image.
+        output_dir: where PNG files go.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 10_000,
+        num_samples: int = 64,
+        num_reconstructions: int = 32,
+        pixel_range: float = 1.0,
+        image_shape: tuple[int, int] = (28, 28),
+        output_dir: str | None = None,
+    ) -> None:
+        if every_n_steps < 1 or num_samples < 1 or num_reconstructions < 0 or not pixel_range > 0:
+            raise ValueError("every_n_steps >= 1, num_samples >= 1, num_reconstructions >= 0 and pixel_range > 0 are required")
+        self.every_n_steps, self.num_samples, self.num_reconstructions = every_n_steps, num_samples, num_reconstructions
+        self.pixel_range, self.image_shape, self.output_dir = pixel_range, tuple(image_shape), output_dir
+        self.last_paths: list[Path] = []
+        self._batch: Tensor | None = None
+
+    def _directory(self, trainer: L.Trainer) -> Path:
+        if self.output_dir is not None:
+            return Path(self.output_dir)
+        return Path(trainer.log_dir or trainer.default_root_dir) / "images"
+
+    def _grid(self, images: Tensor, nrow: int = 8) -> Tensor:
+        images = (images.detach().float().cpu() / self.pixel_range).clamp(0, 1)
+        return make_grid(images.reshape(-1, 1, *self.image_shape), nrow=nrow, padding=2, pad_value=0.5)
+
+    @torch.no_grad()
+    def grids(self, pl_module: L.LightningModule, batch: Tensor | None = None) -> dict[str, Tensor]:
+        """``{"samples", "means", "reconstructions"}`` grids ``[3, H, W]`` (those the model has)."""
+        density = pl_module.density
+        latent = density if hasattr(density, "reconstruct") else getattr(density, "proposal", None)
+        was_training = density.training
+        density.eval()
+        try:
+            out = {"samples": self._grid(density.sample(self.num_samples))}
+            if latent is not None and hasattr(latent, "reconstruct"):
+                out["means"] = self._grid(latent.sample_means(self.num_samples))
+                if batch is not None and self.num_reconstructions:
+                    x = batch[: self.num_reconstructions]
+                    recon = latent.reconstruct(x)
+                    pairs = torch.stack([x.reshape(recon.shape), recon])  # [2, n, D]
+                    rows = [pairs[j, i : i + 8] for i in range(0, len(x), 8) for j in (0, 1)]
+                    out["reconstructions"] = self._grid(torch.cat(rows))
+        finally:
+            density.train(was_training)
+        return out
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        self._batch = x[: self.num_reconstructions].detach()
+        if trainer.global_step % self.every_n_steps == 0:
+            self.render(trainer, pl_module, f"step_{trainer.global_step:07d}")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.render(trainer, pl_module, "final")
+
+    def render(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        directory = self._directory(trainer)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.last_paths = []
+        for name, image in self.grids(pl_module, self._batch).items():
+            path = directory / f"{name}_{tag}.png"
+            save_image(image, path)
+            self.last_paths.append(path)
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.experiment.add_image(f"images/{name}", image, trainer.global_step)

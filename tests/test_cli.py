@@ -1,6 +1,7 @@
 """Layer 4: every YAML config parses, instantiates and trains; the console scripts work."""
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from eim_lightning.demo import run as run_demo
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 TOY2D = sorted((REPO / "configs" / "toy2d").glob("*.yaml"))
+IMAGES = REPO / "configs" / "images"
 
 
 def test_every_toy2d_combination_has_a_config():
@@ -39,12 +41,59 @@ def test_toy2d_configs_carry_the_papers_settings():
             assert args["num_z_samples"] == 1024
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(REPO / "configs")) for p in CONFIGS])
+def _cap_z_samples(node, cap: int = 2000) -> None:
+    """Cap every LARS Z-sample count in a config (validation/test estimates) at ``cap``."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("num_z_val_samples", "num_z_eval_samples") and isinstance(value, int):
+                node[key] = min(value, cap)
+            else:
+                _cap_z_samples(value, cap)
+    elif isinstance(node, list):
+        for item in node:
+            _cap_z_samples(item, cap)
+
+
+def _image_data_overrides(path: Path, cfg: dict, tmp_path: Path) -> list[str]:
+    """Image configs train on a small slice of the real data (static MNIST, Fashion-MNIST from
+    EIM_DATA_DIR, default ../shared/data) or, for grayscale MNIST (which exists nowhere
+    offline), on small IDX files written here."""
+    from test_datamodules_images import tiny_images, write_tiny
+
+    args = cfg["data"]["init_args"]
+    if args.get("variant") == "dynamic" or args.get("dataset") == "mnist":
+        root = write_tiny(tmp_path / "data", tiny_images(120, 1), tiny_images(20, 2))
+        extra = ["--data.init_args.val_size=20"]
+    else:
+        root = Path(os.environ.get("EIM_DATA_DIR", REPO.parent / "shared" / "data"))
+        if not root.is_dir():
+            pytest.skip(f"real data directory {root} is missing (set EIM_DATA_DIR)")
+        extra = []
+    return [f"--data.init_args.root={root}", "--data.init_args.train_subset=96", "--data.init_args.val_subset=8",
+            "--data.init_args.batch_size=32", "--data.init_args.eval_batch_size=8", *extra]
+
+
+# image configs: one of each kind in the fast tier, the other ~40 (a few seconds each) are slow
+FAST_IMAGES = {"static_mnist/vae_gaussian_prior", "static_mnist/vae_snis_prior", "static_mnist/vae_lars_prior",
+               "static_mnist/convhvae_gaussian_prior", "static_mnist/snis_vae_proposal",
+               "dynamic_mnist/vae_his_prior", "jittered_fashion/vae_gaussian_decoder"}
+
+
+def _config_param(path: Path):
+    name = str(path.relative_to(REPO / "configs"))
+    slow = path.is_relative_to(IMAGES) and name.removeprefix("images/").removesuffix(".yaml") not in FAST_IMAGES
+    return pytest.param(path, id=name, marks=[pytest.mark.slow] if slow else [])
+
+
+@pytest.mark.parametrize("path", [_config_param(p) for p in CONFIGS])
 def test_config_instantiates_and_trains_a_few_steps(path, tmp_path):
     cfg = yaml.safe_load(path.read_text())
     for callback in cfg.get("trainer", {}).get("callbacks", []):
         if callback["class_path"].endswith("DensityImageCallback"):  # keep it, but cheap
             callback["init_args"].update(num_samples=256, grid_size=16)
+        if callback["class_path"].endswith("ImageSampleCallback"):
+            callback["init_args"].update(num_samples=4, num_reconstructions=4)
+    _cap_z_samples(cfg)
     small = tmp_path / path.name
     small.write_text(yaml.safe_dump(cfg))
     overrides = [
@@ -57,6 +106,8 @@ def test_config_instantiates_and_trains_a_few_steps(path, tmp_path):
     ]
     if "logger" in cfg.get("trainer", {}):
         overrides.append(f"--trainer.logger.init_args.save_dir={tmp_path}")
+    if path.is_relative_to(IMAGES):
+        overrides += _image_data_overrides(path, cfg, tmp_path)
     cli = EIMCLI(args=["--config", str(small), *overrides], run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 3

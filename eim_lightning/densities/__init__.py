@@ -8,3 +8,11 @@ from .snis import SNIS, SNISParticles
 from .trs import TRS
 
 __all__ = ["Density", "Normal", "SNIS", "SNISParticles", "TRS", "LARS", "HIS"]
+
+# latent-variable models of images (issue 4)
+from .conv_hvae import ConvHVAE  # noqa: E402
+from .latent import LatentVariableModel  # noqa: E402
+from .networks import Rescaled  # noqa: E402
+from .vae import VAE  # noqa: E402
+
+__all__ += ["VAE", "ConvHVAE", "LatentVariableModel", "Rescaled"]

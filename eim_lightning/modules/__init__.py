@@ -8,3 +8,9 @@ from .snis import SNIS
 from .trs import TRS
 
 __all__ = ["BoundEstimatorMixin", "SNIS", "TRS", "HIS", "LARS", "Gaussian"]
+
+# VAEs with any prior (issue 4)
+from .conv_hvae import ConvHVAE  # noqa: E402
+from .vae import VAE  # noqa: E402
+
+__all__ += ["VAE", "ConvHVAE"]

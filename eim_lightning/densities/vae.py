@@ -1,0 +1,77 @@
+r"""VAE: a one-latent-layer variational autoencoder whose prior is any density (ALGORITHMS.md 3).
+
+The paper's "VAE" (Burda et al. 2016 sizes): latent ``z`` of 50 dimensions, encoder and decoder
+MLPs 784-300-300 tanh (Glorot-uniform), diagonal Gaussian posterior
+
+    q(z | x) = N(z; mu(x~), diag(sigma(x~)^2)),   sigma = max(softplus(.), 1e-5),  x~ = (x - mean) / scale,
+
+Bernoulli decoder ``p(x | z) = prod_d Bernoulli(x_d; sigmoid(l_d(z)))`` with its output bias
+initialised to ``logit(data_mean)`` (or a Gaussian decoder for continuous data), and a prior
+``p(z)`` that is ``N(0, I)`` or any EIM over ``[50]`` ("VAE w/ SNIS/TRS/HIS/LARS prior"). One
+replica of the bound is
+
+    l(x) = log p(x | z) + beta [ log p_prior(z) - log q(z | x) ],    z = mu + sigma * eps,
+
+with ``log p_prior`` the prior's one-sample lower bound; ``num_samples`` replicas combine into
+the IWAE bound ``log (1/S) sum_s exp(l_s)`` (see :mod:`.latent`, which also handles LARS priors).
+With a Normal prior and ``S = 1`` it is the textbook ELBO. As an EIM's proposal in pixel space
+it provides ``log_prob_replicas`` (one-sample bounds) and ``rsample`` (prior, decoder, Gumbel
+straight-through Bernoulli with temperature 0.7).
+
+Shapes: ``x [B, D]``; ``z [m, B, L]``. Reference: Kingma & Welling 2014; Burda et al. 2016;
+Bauer & Mnih 2019; Lawson et al. 2019.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from ..nn import MLP
+from .base import Density
+from .latent import Inference, LatentVariableModel, gaussian_from, normal_log_prob
+
+__all__ = ["VAE"]
+
+
+class VAE(LatentVariableModel):
+    """Variational autoencoder with an MLP encoder and decoder and any prior.
+
+    Args:
+        data_dim: pixels ``D``.
+        latent_dim: latent dimension ``L``.
+        hidden_sizes: hidden layers of the encoder and of the decoder (tanh).
+        prior: density over ``[latent_dim]`` (default ``N(0, I)``).
+        **kwargs: ``likelihood`` (``"bernoulli"`` or ``"gaussian"``), ``data_scale``,
+            ``gumbel_temperature``, ``min_scale``, ``data_mean``, ``eval_chunk_size``: see
+            :class:`~.latent.LatentVariableModel`.
+    """
+
+    def __init__(
+        self,
+        data_dim: int = 784,
+        latent_dim: int = 50,
+        hidden_sizes: Sequence[int] = (300, 300),
+        prior: Density | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(data_dim, latent_dim, prior, **kwargs)
+        self.encoder = MLP(data_dim, list(hidden_sizes), 2 * latent_dim)
+        self.decoder = MLP(latent_dim, list(hidden_sizes), self.likelihood.params_per_dim * data_dim)
+        self._finish_init()
+
+    @property
+    def output_bias(self) -> Tensor:
+        return self.decoder.net[-1].bias
+
+    def _infer(self, x: Tensor, m: int) -> Inference:
+        loc, scale = gaussian_from(self.encoder(self.encoder_input(x)), self.min_scale)
+        eps = self.posterior_noise((m, *loc.shape), loc)
+        z = loc + scale * eps
+        log_q = normal_log_prob(eps, scale)
+        zero = log_q.new_zeros(())
+        return Inference(z, log_q, zero, zero, self.decoder(z))
+
+    def _generate(self, z_top: Tensor, reparameterized: bool) -> Tensor:
+        return self.decoder(z_top)

@@ -1,0 +1,223 @@
+"""Layer 3-4: the VAE / ConvHVAE LightningModules, pixel-space EIMs with a VAE proposal, the LARS
+prior's Z with the reweighted posterior sample, KL warm-up, checkpoints, the image callback and
+the image configs (real static MNIST through the ``data_dir`` fixture)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch.utils.data import DataLoader, TensorDataset
+
+from datamodules import BinarizedMNISTDataModule
+from eim_lightning import LARS, SNIS, VAE, ConvHVAE
+from eim_lightning import densities as D
+from eim_lightning.callbacks import ImageSampleCallback
+from eim_lightning.modules.vae import kl_weight
+from eim_lightning.nn import MLP
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES = REPO / "configs" / "images"
+
+
+def static(data_dir, **kwargs):
+    args = dict(root=str(data_dir), train_subset=64, val_subset=16, test_subset=16, batch_size=16)
+    args.update(kwargs)
+    return BinarizedMNISTDataModule("static", **args)
+
+
+def small_snis_prior(k: int = 16) -> D.SNIS:
+    return D.SNIS(D.Normal(50), MLP(50, [16], 1), num_proposals=k)
+
+
+def test_paper_defaults():
+    vae = VAE()
+    assert isinstance(vae.density, D.VAE) and isinstance(vae.density.prior, D.Normal)
+    sizes = [l.out_features for l in vae.density.encoder.net if isinstance(l, torch.nn.Linear)]
+    assert sizes == [300, 300, 100]
+    sizes = [l.out_features for l in vae.density.decoder.net if isinstance(l, torch.nn.Linear)]
+    assert sizes == [300, 300, 784]
+    assert vae.lr == 3e-4 and vae.num_test_samples == 1000 and vae.kl_warmup_steps == 0
+    assert vae.density.likelihood.temperature == 0.7 and vae.bound_name == "bound"
+    assert ConvHVAE().density.latent_dim == 50
+    assert VAE(prior=D.LARS(D.Normal(50), MLP(50, [8], 1), T=4)).bound_name == "log_prob_estimate"
+
+
+def test_kl_warmup_is_linear_from_zero_to_one():
+    assert [kl_weight(s, 100) for s in (0, 25, 100, 1000)] == [0.0, 0.25, 1.0, 1.0]
+    assert kl_weight(0, 0) == 1.0
+    with pytest.raises(ValueError, match="kl_warmup_steps"):
+        VAE(kl_warmup_steps=-1)
+
+
+@pytest.mark.parametrize("prior", ["gaussian", "snis"])
+def test_vae_trains_validates_and_tests_on_static_mnist(prior, data_dir, make_trainer):
+    model = VAE(prior=small_snis_prior() if prior == "snis" else None, num_val_samples=2, num_test_samples=20,
+                kl_warmup_steps=10)
+    dm = static(data_dir)
+    trainer = make_trainer(max_steps=4, log_every_n_steps=1, val_check_interval=4)
+    trainer.fit(model, datamodule=dm)
+    metrics = trainer.callback_metrics
+    for key in ("train/bound_step", "val/bound", "train/kl", "train/elbo", "train/beta"):
+        assert math.isfinite(metrics[key].item()), key
+    # the datamodule's mean centres the encoder and set the decoder bias once
+    torch.testing.assert_close(model.density.data_mean, dm.data_mean.reshape(-1))
+    assert bool(model.density.initialized_from_data)
+    (result,) = trainer.test(model, datamodule=dm, verbose=False)
+    assert math.isfinite(result["test/bound"])
+
+
+def test_lars_prior_z_includes_the_reweighted_posterior_sample(monkeypatch):
+    """Z_curr = (S Ẑ_S + stopgrad(pi(z)/q(z|x)) a(z)) / (S + 1), Z_s = (1-eps) Z_ema + eps Z_curr."""
+    torch.manual_seed(0)
+    prior = D.LARS(D.Normal(50), MLP(50, [16], 1), T=5, num_z_samples=8).double()
+    vae = D.VAE(prior=prior).double()
+    fixed = torch.randn(8, 50, dtype=torch.float64)
+    monkeypatch.setattr(prior.proposal, "rsample", lambda n, context=None: fixed[:n])
+    z = torch.randn(2, 3, 50, dtype=torch.float64)
+    log_q = torch.randn(2, 3, dtype=torch.float64)
+    out = vae.prior_log_prob(z, log_q)
+    a = lambda v: torch.sigmoid(prior.accept_logit(v).squeeze(-1))  # noqa: E731
+    log_pi = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    z_curr = (8 * a(fixed).mean() + torch.exp(log_pi - log_q) * a(z)) / 9
+    z_s = 0.99 * 0.5 + 0.01 * z_curr
+    torch.testing.assert_close(prior._pending_z_s, z_s.reshape(-1).detach())
+    # the forward value uses the smoothed Z: the truncated density written out term by term
+    expected = log_pi + torch.log(a(z) * (1 - (1 - z_s) ** 4) / z_s + (1 - z_s) ** 4)
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()  # differentiable in the acceptance network through Z_curr and a(z)
+    assert prior.accept_logit.net[0].weight.grad.abs().sum() > 0
+
+
+def test_vae_with_lars_prior_keeps_z_state_and_logs_an_estimate(data_dir, make_trainer, tmp_path):
+    prior = D.LARS(D.Normal(50), MLP(50, [16], 1), T=10, num_z_samples=64, num_z_val_samples=500,
+                   num_z_eval_samples=2000)
+    model = VAE(prior=prior, num_val_samples=2, num_test_samples=5)
+    trainer = make_trainer(max_steps=3, val_check_interval=3, limit_val_batches=1)
+    dm = static(data_dir)
+    trainer.fit(model, datamodule=dm)
+    assert prior.z_ema.item() != 0.5
+    assert math.isfinite(trainer.callback_metrics["val/log_prob_estimate"].item())
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = VAE.load_from_checkpoint(path, prior=D.LARS(D.Normal(50), MLP(50, [16], 1), T=10))
+    assert loaded.density.prior.z_ema.item() == prior.z_ema.item()
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b) or (a.isnan().all() and b.isnan().all()), k
+    (result,) = trainer.test(model, datamodule=dm, verbose=False)
+    assert math.isfinite(result["test/log_prob_estimate"])
+
+
+@pytest.mark.parametrize("kind", ["snis", "lars"])
+def test_pixel_space_eim_with_a_vae_proposal_trains_jointly(kind, data_dir, make_trainer):
+    proposal = D.VAE(hidden_sizes=(32,), latent_dim=8)
+    if kind == "snis":
+        model = SNIS(data_dim=784, num_proposals=16, hidden_sizes=[16], proposal=proposal, num_val_samples=2,
+                     num_test_samples=4)
+    else:
+        model = LARS(data_dim=784, T=5, num_z_samples=16, num_z_val_samples=100, num_z_eval_samples=200,
+                     hidden_sizes=[16], proposal=proposal, num_val_samples=2, num_test_samples=4)
+    before = {k: v.clone() for k, v in proposal.state_dict().items()}
+    dm = static(data_dir)
+    trainer = make_trainer(max_steps=3, val_check_interval=3, limit_val_batches=1)
+    trainer.fit(model, datamodule=dm)
+    # the hook gave the nested proposal the data mean (and the EIM's energy its centring)
+    torch.testing.assert_close(proposal.data_mean, dm.data_mean.reshape(-1))
+    torch.testing.assert_close(model.density.data_mean, dm.data_mean.reshape(-1))
+    assert bool(proposal.initialized_from_data)
+    moved = [k for k, v in proposal.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert any(k.startswith("decoder") for k in moved) and any(k.startswith("encoder") for k in moved)
+    (result,) = trainer.test(model, datamodule=dm, verbose=False)
+    assert math.isfinite(result[f"test/{model.bound_name}"])
+
+
+def test_convhvae_module_trains_and_reloads(data_dir, make_trainer, tmp_path):
+    model = ConvHVAE(prior=small_snis_prior(), num_val_samples=2, num_test_samples=3, channels=8)
+    assert isinstance(model.density, D.ConvHVAE) and model.density.channels == 8
+    trainer = make_trainer(max_steps=2, val_check_interval=2, limit_val_batches=1)
+    trainer.fit(model, datamodule=static(data_dir))
+    assert math.isfinite(trainer.callback_metrics["val/bound"].item())
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    loaded = ConvHVAE.load_from_checkpoint(tmp_path / "c.ckpt", prior=small_snis_prior())
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+
+
+def test_non_binary_batches_are_a_clear_error(make_trainer):
+    data = DataLoader(TensorDataset(torch.rand(8, 784)), batch_size=4)
+    with pytest.raises(ValueError, match="Bernoulli likelihood and needs binary data"):
+        make_trainer(max_steps=1).fit(VAE(), data)
+
+
+def test_image_callback_writes_pngs_and_tensorboard_images(data_dir, make_trainer, tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cb = ImageSampleCallback(every_n_steps=2, num_samples=16, num_reconstructions=8)
+    trainer = make_trainer(max_steps=2, callbacks=[cb], logger=TensorBoardLogger(tmp_path, name="run"),
+                           limit_val_batches=0)
+    trainer.fit(SNIS(data_dim=784, num_proposals=4, hidden_sizes=[8], proposal=D.VAE(latent_dim=4, hidden_sizes=(16,))),
+                datamodule=static(data_dir))
+    names = sorted(p.name for p in (tmp_path / "run" / "version_0" / "images").glob("*.png"))
+    assert names == sorted(f"{k}_{t}.png" for k in ("samples", "means", "reconstructions") for t in ("final", "step_0000002"))
+    acc = EventAccumulator(str(tmp_path / "run" / "version_0"))
+    acc.Reload()
+    assert {"images/samples", "images/means", "images/reconstructions"} <= set(acc.Tags()["images"])
+    grids = cb.grids(VAE(latent_dim=4, hidden_sizes=(16,)), torch.zeros(8, 784))
+    # 8 originals over 8 reconstructions: two rows of 28-pixel images with 2-pixel padding
+    assert grids["reconstructions"].shape == (3, 2 + 2 * 30, 2 + 8 * 30)
+    assert float(grids["reconstructions"][:, 2:30, 2:30].max()) == 0.0  # the originals (zeros) on top
+
+
+# -- configs --------------------------------------------------------------------------------------
+
+BINARY = ("static_mnist", "dynamic_mnist", "fashion_mnist")
+ROWS = [f"{m}_{p}_prior" for m in ("vae", "convhvae") for p in ("gaussian", "trs", "snis", "his", "lars")] + [
+    f"{e}_{p}_proposal" for e in ("snis", "lars") for p in ("vae", "convhvae")
+]
+
+
+def test_every_table1_row_has_a_config_per_dataset():
+    for dataset in BINARY:
+        assert {p.stem for p in (IMAGES / dataset).glob("*.yaml")} == set(ROWS)
+    for dataset in ("jittered_mnist", "jittered_fashion"):
+        assert {p.stem for p in (IMAGES / dataset).glob("*.yaml")} == {
+            "vae_gaussian_decoder", "snis_vae_proposal", "his_vae_proposal", "lars_vae_proposal"}
+
+
+def _find(node, key):
+    if isinstance(node, dict):
+        if key in node:
+            yield node[key]
+        for v in node.values():
+            yield from _find(v, key)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _find(v, key)
+
+
+def test_image_configs_carry_the_papers_settings():
+    for path in sorted(IMAGES.rglob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        args = cfg["model"]["init_args"]
+        assert args["lr"] == 3e-4 and args["lr_milestones"] == [1_000_000] and args["lr_gamma"] == pytest.approx(1 / 3)
+        assert args["num_test_samples"] == 1000 and args["num_val_samples"] == 1
+        assert cfg["data"]["init_args"]["batch_size"] == 128
+        row = path.stem
+        pixel = "proposal" in row
+        for key, value in (("num_proposals", 1024), ("z_eval_chunk_size", None)):
+            for found in _find(cfg["model"], key):
+                assert value is None or found == value, (path, key)
+        if "lars" in row:
+            (t,) = _find(cfg["model"], "T")
+            assert t == 100 and next(_find(cfg["model"], "num_z_samples")) == 1024
+            assert next(_find(cfg["model"], "num_z_eval_samples")) == (10**6 if pixel else 10**8), path
+        if "trs" in row:
+            assert list(_find(cfg["model"], "T")) == [1024]
+        if "his" in row:
+            assert list(_find(cfg["model"], "T")) == [5] and next(_find(cfg["model"], "alpha_init")) == 0.9995
+        for hidden in _find(cfg["model"], "hidden_sizes"):
+            assert hidden in ([100, 100], [300, 300]), path
