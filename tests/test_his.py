@@ -15,10 +15,11 @@ import functools
 import math
 
 import numpy as np
+import oracles
 import pytest
 import torch
 from scipy import stats
-from scipy.integrate import cumulative_trapezoid, trapezoid
+from scipy.integrate import trapezoid
 
 from eim_lightning.densities import HIS, Normal
 from eim_lightning.integrators import initial_scaling, leapfrog_forward, leapfrog_reverse
@@ -94,12 +95,7 @@ def oracle_density(T: int = 5) -> np.ndarray:
 
 
 def chisquare_pvalue(samples: np.ndarray, density: np.ndarray, bins: int = 40) -> float:
-    cdf = cumulative_trapezoid(density, X_GRID, initial=0.0)
-    cdf = cdf / cdf[-1]
-    inner = np.interp(np.linspace(0.0, 1.0, bins + 1)[1:-1], cdf, X_GRID)
-    counts = np.bincount(np.searchsorted(inner, samples), minlength=bins)
-    expected = np.diff(np.concatenate([[0.0], np.interp(inner, X_GRID, cdf), [1.0]])) * len(samples)
-    return float(stats.chisquare(counts, expected).pvalue)
+    return oracles.chisquare_pvalue(samples, density, X_GRID, bins)
 
 
 def random_dynamics(dim: int = 2, T: int = 4, seed: int = 3):

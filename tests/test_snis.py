@@ -18,10 +18,11 @@ import functools
 import math
 
 import numpy as np
+import oracles
 import pytest
 import torch
 from scipy import stats
-from scipy.integrate import cumulative_trapezoid, quad_vec, trapezoid
+from scipy.integrate import quad_vec, trapezoid
 from torch import nn
 
 from eim_lightning.densities import SNIS, Density, Normal
@@ -91,13 +92,7 @@ def interp(values: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def chisquare_pvalue(samples: np.ndarray, density: np.ndarray, bins: int = 40) -> float:
-    """Pearson chi-square of samples against ``density`` on GRID, with equiprobable bins."""
-    cdf = cumulative_trapezoid(density, GRID, initial=0.0)
-    cdf = cdf / cdf[-1]
-    inner = np.interp(np.linspace(0.0, 1.0, bins + 1)[1:-1], cdf, GRID)
-    counts = np.bincount(np.searchsorted(inner, samples), minlength=bins)
-    expected = np.diff(np.concatenate([[0.0], np.interp(inner, GRID, cdf), [1.0]])) * len(samples)
-    return float(stats.chisquare(counts, expected).pvalue)
+    return oracles.chisquare_pvalue(samples, density, GRID, bins)
 
 
 def entropy_term(q: np.ndarray) -> float:
