@@ -25,3 +25,10 @@ __all__ = [
     "load_static_mnist",
     "load_mnist_images",
 ]
+
+# synthetic data with exact oracles for the unification (issue 5)
+from .correlated_gaussian import CorrelatedGaussianDataModule  # noqa: E402
+from .linear_gaussian import LinearGaussianDataModule  # noqa: E402
+from .synthetic import SyntheticDataModule  # noqa: E402
+
+__all__ += ["SyntheticDataModule", "CorrelatedGaussianDataModule", "LinearGaussianDataModule"]

@@ -15,3 +15,7 @@ __all__ = ["BoundEstimatorMixin", "SNIS", "TRS", "HIS", "LARS", "Gaussian", "__v
 from .modules import VAE, ConvHVAE  # noqa: E402
 
 __all__ += ["VAE", "ConvHVAE"]
+
+from .modules import CPC, IWAE, EIMPosteriorVAE, RankingNCE  # noqa: E402
+
+__all__ += ["EIMPosteriorVAE", "IWAE", "RankingNCE", "CPC"]

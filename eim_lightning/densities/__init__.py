@@ -16,3 +16,12 @@ from .networks import Rescaled  # noqa: E402
 from .vae import VAE  # noqa: E402
 
 __all__ += ["VAE", "ConvHVAE", "LatentVariableModel", "Rescaled"]
+
+# EIMs as the variational family; IWAE (issue 5)
+from .base import Particles  # noqa: E402
+from .conditional_normal import ConditionalNormal  # noqa: E402
+from .linear_gaussian import LinearGaussianModel  # noqa: E402
+from .eim_posterior_vae import EIMPosteriorVAE, NegativeLogJoint  # noqa: E402
+from .iwae import IWAE, LogImportanceWeight  # noqa: E402
+
+__all__ += ["Particles", "ConditionalNormal", "LinearGaussianModel", "EIMPosteriorVAE", "NegativeLogJoint", "IWAE", "LogImportanceWeight"]

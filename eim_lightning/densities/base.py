@@ -7,10 +7,12 @@ Every density is an ``nn.Module`` with::
     density.log_prob_lower_bound(x, num_samples=1)     # [B]
     density.log_prob(x)                                # only where exact
     density.event_shape
+    density.rsample_particles(n, context=None)         # as a variational family q (ALGORITHMS.md 4)
 
 Subclasses implement :meth:`Density.log_prob_replicas`, ``m`` independent replicas ``[m, B]``
 of a one-sample log-estimate whose exponential is unbiased for the density (so its log is a
-lower bound in expectation). :meth:`log_prob_lower_bound` combines ``num_samples`` replicas
+lower bound in expectation), or set ``exact_log_prob = True`` when ``log_prob`` is exact.
+:meth:`log_prob_lower_bound` combines ``num_samples`` replicas
 IWAE-style with a streamed log-mean-exp, so memory depends on ``eval_chunk_size`` only.
 
 ``context`` (optional, ``[B, ...]``) is passed to every network of a conditional density;
@@ -20,13 +22,23 @@ samples then have shape ``[n, B, *event_shape]``.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from ..ops import chunked_log_mean_exp
 
-__all__ = ["Density", "evaluate_net", "check_positive_int"]
+__all__ = ["Density", "Particles", "evaluate_net", "check_positive_int"]
+
+
+class Particles(NamedTuple):
+    """Weighted reparameterised samples of a variational family (see :meth:`Density.rsample_particles`):
+    ``z [M, n, (B), *event]``, ``log_s`` and ``log_q_upper [M, n, (B)]``."""
+
+    z: Tensor
+    log_s: Tensor
+    log_q_upper: Tensor
 
 
 def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
@@ -124,8 +136,18 @@ class Density(nn.Module):
 
     # -- the contract -------------------------------------------------------------------------
 
+    #: the log-density is exact: :meth:`log_prob_replicas` and :meth:`log_prob_lower_bound` return
+    #: ``log_prob(x)`` (``log_prob(x, context)`` when conditional) for every number of samples
+    exact_log_prob: bool = False
+
+    def _exact_log_prob(self, x: Tensor, context: Tensor | None) -> Tensor:
+        return self.log_prob(x) if context is None else self.log_prob(x, context)
+
     def log_prob_replicas(self, x: Tensor, num_replicas: int, context: Tensor | None = None) -> Tensor:
         """``[m, B]`` independent one-sample log-estimates (lower bounds in expectation)."""
+        if self.exact_log_prob:
+            check_positive_int("num_replicas", num_replicas)
+            return self._exact_log_prob(x, context).expand(num_replicas, x.shape[0])
         raise NotImplementedError
 
     def log_prob_lower_bound(
@@ -138,6 +160,8 @@ class Density(nn.Module):
         """
         self.check_input(x, context)
         check_positive_int("num_samples", num_samples)
+        if self.exact_log_prob:
+            return self._exact_log_prob(x, context)
         return chunked_log_mean_exp(
             lambda m: self.log_prob_replicas(x, m, context), num_samples, self.eval_chunk_size
         )
@@ -155,6 +179,27 @@ class Density(nn.Module):
 
     def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no reparameterised sampler")
+
+    # -- as a variational family (ALGORITHMS.md 4) ----------------------------------------------
+
+    def rsample_and_log_prob_upper_bound(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Reparameterised samples ``z [n, (B), *event]`` and ``[n, (B)]`` upper bounds (in
+        expectation over the sampler's auxiliaries) on ``log q(z)``; exact densities return
+        ``log q(z)`` itself. Densities that can serve as a variational family implement it."""
+        raise NotImplementedError(f"{type(self).__name__} offers no upper bound on its log-density")
+
+    def rsample_particles(self, n: int, context: Tensor | None = None) -> Particles:
+        """What an ELBO with this density as ``q`` needs: ``M`` weighted particles per sample,
+        ``Particles(z [M, n, (B), *event], log_s [M, n, (B)], log_q_upper [M, n, (B)])`` with
+        ``sum_m s_m = 1``, such that for any ``f``
+
+            E_q[f(z)] = E[ sum_m s_m f(z_m) ]   and   log q(z_m) <= log_q_upper_m (in expectation).
+
+        The default has ``M = 1`` (``s = 1``), from :meth:`rsample_and_log_prob_upper_bound`;
+        SNIS returns all K particles with their selection probabilities (the selected index
+        summed analytically)."""
+        z, upper = self.rsample_and_log_prob_upper_bound(n, context)
+        return Particles(z.unsqueeze(0), torch.zeros_like(upper).unsqueeze(0), upper.unsqueeze(0))
 
     def log_unnormalized_density(self, x: Tensor) -> Tensor:
         """The log of the density image the paper plots (``[B]``), up to a constant."""

@@ -14,3 +14,11 @@ from .conv_hvae import ConvHVAE  # noqa: E402
 from .vae import VAE  # noqa: E402
 
 __all__ += ["VAE", "ConvHVAE"]
+
+# the unification: EIM posteriors, IWAE, ranking NCE, CPC (issue 5)
+from .cpc import CPC, SeparableCritic  # noqa: E402
+from .eim_posterior_vae import EIMPosteriorVAE  # noqa: E402
+from .iwae import IWAE  # noqa: E402
+from .ranking_nce import RankingNCE  # noqa: E402
+
+__all__ += ["EIMPosteriorVAE", "IWAE", "RankingNCE", "CPC", "SeparableCritic"]
