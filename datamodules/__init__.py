@@ -32,3 +32,8 @@ from .linear_gaussian import LinearGaussianDataModule  # noqa: E402
 from .synthetic import SyntheticDataModule  # noqa: E402
 
 __all__ += ["SyntheticDataModule", "CorrelatedGaussianDataModule", "LinearGaussianDataModule"]
+
+# synthetic sequences for FIVO / SMC (issue 5)
+from .sequences import LinearGaussianSequenceDataModule, SequenceDataModule, SineSequenceDataModule  # noqa: E402
+
+__all__ += ["SequenceDataModule", "LinearGaussianSequenceDataModule", "SineSequenceDataModule"]

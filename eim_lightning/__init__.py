@@ -19,3 +19,7 @@ __all__ += ["VAE", "ConvHVAE"]
 from .modules import CPC, IWAE, EIMPosteriorVAE, RankingNCE  # noqa: E402
 
 __all__ += ["EIMPosteriorVAE", "IWAE", "RankingNCE", "CPC"]
+
+from .modules import FIVO  # noqa: E402
+
+__all__ += ["FIVO"]

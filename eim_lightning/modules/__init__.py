@@ -22,3 +22,8 @@ from .iwae import IWAE  # noqa: E402
 from .ranking_nce import RankingNCE  # noqa: E402
 
 __all__ += ["EIMPosteriorVAE", "IWAE", "RankingNCE", "CPC", "SeparableCritic"]
+
+# FIVO / SMC on sequential models (issue 5)
+from .fivo import FIVO  # noqa: E402
+
+__all__ += ["FIVO"]
