@@ -189,3 +189,39 @@ def test_validation_does_not_change_the_training_trajectory(make_trainer):
         return torch.cat([p.detach().flatten() for p in model.parameters()])
 
     assert torch.equal(train(True), train(False))
+
+
+class _PoisonableEnergy(torch.nn.Module):
+    """An MLP energy that returns NaN once ``poison`` is set (a blow-up in the middle of training)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = MLP(2, [8], 1)
+        self.poison = False
+
+    def forward(self, x):
+        out = self.net(x)
+        return out * math.nan if self.poison else out
+
+
+def test_non_finite_loss_leaves_the_last_good_checkpoint_intact(make_trainer, tmp_path):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    energy = _PoisonableEnergy()
+
+    class PoisonAt(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 6:
+                energy.poison = True
+
+    model = SNIS(energy=energy, num_proposals=4)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5, save_last=True, save_top_k=0)
+    trainer = make_trainer(max_steps=20, callbacks=[PoisonAt(), ckpt], enable_checkpointing=True)
+    with pytest.raises(FloatingPointError, match=r"global step 6 \(train/bound = nan\)"):
+        trainer.fit(model, datamodule=Toy2DDataModule(steps_per_epoch=20))
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 5
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+    # the weights in memory were not updated by the bad step either
+    assert all(torch.isfinite(p).all() for p in model.parameters())
