@@ -225,3 +225,14 @@ def test_non_finite_loss_leaves_the_last_good_checkpoint_intact(make_trainer, tm
     assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
     # the weights in memory were not updated by the bad step either
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_validate_then_fit_on_the_same_module(make_trainer):
+    """trainer.validate() runs under inference mode; a later fit must still update its metrics."""
+    model = _small(SNIS)
+    dm = Toy2DDataModule(steps_per_epoch=3, val_size=100, eval_batch_size=50)
+    make_trainer().validate(model, datamodule=dm, verbose=False)
+    trainer = make_trainer(max_steps=3, num_sanity_val_steps=1)
+    trainer.fit(model, datamodule=dm)
+    make_trainer().test(model, datamodule=dm, verbose=False)
+    assert math.isfinite(trainer.callback_metrics["val/bound"].item())

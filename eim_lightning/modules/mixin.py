@@ -238,6 +238,9 @@ class BoundEstimatorMixin:
         self._rng_before_validation = self._rng_state()
 
     def on_validation_epoch_start(self) -> None:
+        # re-create the metric state in this loop's grad mode: a previous trainer.validate() ran
+        # under inference mode and left inference tensors, which fit's validation cannot update
+        self.val_metric.reset()
         self._estimate_lars_z("val")
 
     def on_validation_end(self) -> None:
@@ -247,6 +250,7 @@ class BoundEstimatorMixin:
             self._rng_before_validation = None
 
     def on_test_epoch_start(self) -> None:
+        self.test_metric.reset()
         self._estimate_lars_z("test")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
