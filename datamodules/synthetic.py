@@ -9,14 +9,33 @@ uninterrupted one; validation and test sets are fixed by the seed.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from .toy2d import _FreshSamples
+from .loaders import eval_loader, train_loader
 
 __all__ = ["SyntheticDataModule", "check_positive_ints"]
+
+
+class _FreshSamples(IterableDataset):
+    """``steps`` batches of ``source.sample(batch_size, generator)``, each from a generator seeded
+    by (seed, rank, global batch index), the index starting at the trainer's global step."""
+
+    def __init__(self, source, batch_size: int, steps: int, seed: int, position: Callable[[], tuple[int, int]]):
+        self.source, self.batch_size, self.steps, self.seed, self.position = source, batch_size, steps, seed, position
+
+    def __iter__(self) -> Iterator[Tensor]:
+        start, rank = self.position()
+        for i in range(start, start + self.steps):
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + rank) * 1_000_000_007 + i)
+            yield self.source.sample(self.batch_size, gen)
+
+    def __len__(self) -> int:
+        return self.steps
 
 
 def check_positive_ints(**values: int) -> None:
@@ -77,10 +96,10 @@ class SyntheticDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         data = _FreshSamples(self, self.batch_size, self.steps_per_epoch, self.seed, self._position)
-        return DataLoader(data, batch_size=None, num_workers=0)
+        return train_loader(data, batch_size=None, seed=self.seed, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._fixed(self.val_size, 1), batch_size=self.eval_batch_size, drop_last=self.drop_last_eval)
+        return eval_loader(self._fixed(self.val_size, 1), self.eval_batch_size, self.trainer, drop_last=self.drop_last_eval)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self._fixed(self.test_size, 2), batch_size=self.eval_batch_size, drop_last=self.drop_last_eval)
+        return eval_loader(self._fixed(self.test_size, 2), self.eval_batch_size, self.trainer, drop_last=self.drop_last_eval)

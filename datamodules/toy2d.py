@@ -20,14 +20,12 @@ test sets are fixed by the seed (test: 10,000 points by default, since shared ne
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from .loaders import eval_loader, train_loader
+from .synthetic import SyntheticDataModule
 
 __all__ = ["Target", "NineGaussians", "TwoRings", "Checkerboard", "TARGETS", "make_target", "Toy2DDataModule"]
 
@@ -144,24 +142,7 @@ def make_target(name: str) -> Target:
     return TARGETS[name]()
 
 
-class _FreshSamples(IterableDataset):
-    """``steps_per_epoch`` batches of fresh target samples, each from a generator seeded by
-    (seed, rank, global batch index) where the index starts at ``start()`` every epoch."""
-
-    def __init__(self, target: Target, batch_size: int, steps: int, seed: int, position: Callable[[], tuple[int, int]]):
-        self.target, self.batch_size, self.steps, self.seed, self.position = target, batch_size, steps, seed, position
-
-    def __iter__(self) -> Iterator[Tensor]:
-        start, rank = self.position()
-        for i in range(start, start + self.steps):
-            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + rank) * 1_000_000_007 + i)
-            yield self.target.sample(self.batch_size, gen)
-
-    def __len__(self) -> int:
-        return self.steps
-
-
-class Toy2DDataModule(L.LightningDataModule):
+class Toy2DDataModule(SyntheticDataModule):
     """Samples of a 2-D target: fresh every training step, fixed for validation and test.
 
     Args:
@@ -186,45 +167,14 @@ class Toy2DDataModule(L.LightningDataModule):
         eval_batch_size: int = 1000,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        for name, value in [("batch_size", batch_size), ("steps_per_epoch", steps_per_epoch), ("val_size", val_size),
-                            ("test_size", test_size), ("eval_batch_size", eval_batch_size)]:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        self.save_hyperparameters()
         self.target = make_target(target)
-        self.batch_size, self.steps_per_epoch, self.eval_batch_size, self.seed = batch_size, steps_per_epoch, eval_batch_size, seed
-        self.val_size, self.test_size = val_size, test_size
-        self._val: TensorDataset | None = None
-        self._test: TensorDataset | None = None
+        super().__init__(batch_size=batch_size, steps_per_epoch=steps_per_epoch, val_size=val_size,
+                         test_size=test_size, eval_batch_size=eval_batch_size, seed=seed)
+        self.save_hyperparameters()
 
     @property
     def data_mean(self) -> Tensor:
         return self.target.mean
 
-    def _fixed(self, n: int, stream: int) -> TensorDataset:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + stream)
-        return TensorDataset(self.target.sample(n, gen))
-
-    def setup(self, stage: str | None = None) -> None:
-        if self._val is None:
-            self._val = self._fixed(self.val_size, 1)
-            self._test = self._fixed(self.test_size, 2)
-
-    def _position(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 0
-        return trainer.global_step, trainer.global_rank
-
-    def train_dataloader(self) -> DataLoader:
-        data = _FreshSamples(self.target, self.batch_size, self.steps_per_epoch, self.seed, self._position)
-        return train_loader(data, batch_size=None, seed=self.seed, shuffle=False)
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup()
-        return eval_loader(self._val, self.eval_batch_size, self.trainer)
-
-    def test_dataloader(self) -> DataLoader:
-        self.setup()
-        return eval_loader(self._test, self.eval_batch_size, self.trainer)
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return self.target.sample(n, generator)

@@ -55,7 +55,7 @@ def main() -> None:
         z_hist = trainer.strategy.all_gather(torch.tensor(history.values or [0.0]))
         if trainer.global_rank == 0:
             dm.setup("test")
-            x = dm._test.tensors[0]
+            x = dm.test_dataloader().dataset.tensors[0]
             model.eval()
             lars_z = None
             if name == "lars":
