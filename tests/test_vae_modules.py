@@ -96,11 +96,12 @@ def test_vae_with_lars_prior_keeps_z_state_and_logs_an_estimate(data_dir, make_t
     prior = D.LARS(D.Normal(50), MLP(50, [16], 1), T=10, num_z_samples=64, num_z_val_samples=500,
                    num_z_eval_samples=2000)
     model = VAE(prior=prior, num_val_samples=2, num_test_samples=5)
-    trainer = make_trainer(max_steps=3, val_check_interval=3, limit_val_batches=1)
+    trainer = make_trainer(max_steps=3, val_check_interval=3, limit_val_batches=1, log_every_n_steps=1)
     dm = static(data_dir)
     trainer.fit(model, datamodule=dm)
     assert prior.z_ema.item() != 0.5
     assert math.isfinite(trainer.callback_metrics["val/log_prob_estimate"].item())
+    assert 0 < trainer.callback_metrics["train/prior_z"].item() < 1
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)
     loaded = VAE.load_from_checkpoint(path, prior=D.LARS(D.Normal(50), MLP(50, [16], 1), T=10))
@@ -150,6 +151,9 @@ def test_non_binary_batches_are_a_clear_error(make_trainer):
     data = DataLoader(TensorDataset(torch.rand(8, 784)), batch_size=4)
     with pytest.raises(ValueError, match="Bernoulli likelihood and needs binary data"):
         make_trainer(max_steps=1).fit(VAE(), data)
+    pixel_snis = SNIS(data_dim=784, num_proposals=4, hidden_sizes=[8], proposal=D.VAE(latent_dim=4, hidden_sizes=(8,)))
+    with pytest.raises(ValueError, match="VAE has a Bernoulli likelihood and needs binary data"):
+        make_trainer(max_steps=1).fit(pixel_snis, data)
 
 
 def test_image_callback_writes_pngs_and_tensorboard_images(data_dir, make_trainer, tmp_path):
@@ -221,3 +225,26 @@ def test_image_configs_carry_the_papers_settings():
             assert list(_find(cfg["model"], "T")) == [5] and next(_find(cfg["model"], "alpha_init")) == 0.9995
         for hidden in _find(cfg["model"], "hidden_sizes"):
             assert hidden in ([100, 100], [300, 300]), path
+
+
+@pytest.mark.slow
+def test_eim_fit_then_test_reports_the_test_bound(data_dir, tmp_path):
+    """The command line end to end on an image config: ``eim fit``, then ``eim test`` of its
+    checkpoint prints ``test/bound`` (here with 10 replicas on 16 test images)."""
+    import subprocess
+    import sys
+
+    config = str(IMAGES / "static_mnist" / "vae_snis_prior.yaml")
+    common = [f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+              f"--data.init_args.root={data_dir}", "--data.init_args.train_subset=64", "--data.init_args.val_subset=16",
+              "--data.init_args.test_subset=16", "--data.init_args.batch_size=16"]
+    run = lambda *a: subprocess.run([sys.executable, "-m", "eim_lightning", *a], capture_output=True, text=True,  # noqa: E731
+                                    cwd=REPO, timeout=600)
+    fit = run("fit", "--config", config, "--trainer.max_steps=4", "--trainer.val_check_interval=4", *common)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    ckpt = tmp_path / "static_mnist" / "vae_snis_prior" / "version_0" / "checkpoints" / "last.ckpt"
+    assert ckpt.exists()
+    assert (tmp_path / "static_mnist" / "vae_snis_prior" / "version_0" / "images" / "samples_final.png").exists()
+    test = run("test", "--config", config, "--ckpt_path", str(ckpt), "--model.init_args.num_test_samples=10", *common)
+    assert test.returncode == 0, test.stderr[-3000:]
+    assert "test/bound" in test.stdout

@@ -194,6 +194,8 @@ class LatentVariableModel(Density):
         check_positive_int("num_replicas", num_replicas)
         if context is not None:
             raise ValueError(f"{type(self).__name__} is unconditional: it takes no context")
+        if self.validate_args:  # also when this model is an EIM's proposal (its owner checks shapes only)
+            self.likelihood.check(x, type(self).__name__)
         log_lik, log_ratio = self._log_weights(x, num_replicas)
         return log_lik + log_ratio
 
@@ -207,6 +209,8 @@ class LatentVariableModel(Density):
             diag = {"elbo": log_lik[0] + log_ratio[0], "log_likelihood": log_lik[0], "kl": -log_ratio[0]}
             if beta != 1.0:
                 diag["beta"] = torch.tensor(float(beta))
+            if isinstance(self.prior, LARS) and self.prior._pending_z_s is not None:
+                diag["prior_z"] = self.prior._pending_z_s.mean()
         return objective, diag
 
     # -- sampling ------------------------------------------------------------------------------
