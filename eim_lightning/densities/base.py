@@ -207,6 +207,12 @@ class Density(nn.Module):
 
     # -- helpers for subclasses ---------------------------------------------------------------
 
+    def register_data_mean(self, data_mean: Tensor | None) -> None:
+        """The ``data_mean`` buffer (default 0) that networks' inputs are centred on; the
+        Lightning modules copy a datamodule's ``data_mean`` into it."""
+        mean = torch.zeros(self._event_shape) if data_mean is None else torch.as_tensor(data_mean, dtype=torch.get_default_dtype())
+        self.register_buffer("data_mean", mean.expand(self._event_shape).clone())
+
     def _sample_shape(self, n: int, context: Tensor | None) -> tuple[int, ...]:
         check_positive_int("n", n)
         return (n,) if context is None else (n, context.shape[0])

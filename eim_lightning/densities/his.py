@@ -83,8 +83,7 @@ class HIS(Density):
         self.raw_step_size = nn.Parameter(inverse_softplus(torch.full((dim,), float(step_size_init))))
         alpha_logit = math.log(alpha_init / (1.0 - alpha_init))
         self.raw_alphas = nn.Parameter(torch.full((T,), alpha_logit))
-        mean = torch.zeros(self.event_shape) if data_mean is None else torch.as_tensor(data_mean)
-        self.register_buffer("data_mean", mean.expand(self.event_shape).clone())
+        self.register_data_mean(data_mean)
 
     @property
     def step_size(self) -> Tensor:

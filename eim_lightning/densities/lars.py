@@ -84,8 +84,7 @@ class LARS(Density):
         self.z_ema_rate = z_ema_rate
         self.proposal = proposal
         self.accept_logit = accept_logit
-        mean = torch.zeros(self.event_shape) if data_mean is None else torch.as_tensor(data_mean)
-        self.register_buffer("data_mean", mean.expand(self.event_shape).clone())
+        self.register_data_mean(data_mean)
         self.register_buffer("z_ema", torch.tensor(0.5))
         self.register_buffer("z_eval", torch.tensor(math.nan))
         self._pending_z_s: Tensor | None = None

@@ -73,8 +73,7 @@ class SNIS(Density):
         self.proposal = proposal
         self.energy = energy
         self.share_proposal_samples = share_proposal_samples
-        mean = torch.zeros(self.event_shape) if data_mean is None else torch.as_tensor(data_mean)
-        self.register_buffer("data_mean", mean.expand(self.event_shape).clone())
+        self.register_data_mean(data_mean)
 
     def log_weight(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """``U(x)`` for ``x [*batch, *event]``: ``[*batch]``."""

@@ -92,8 +92,7 @@ class TRS(Density):
         self.proposal = proposal
         self.accept_logit = accept_logit
         self.logit_z = nn.Parameter(torch.zeros(()))
-        mean = torch.zeros(self.event_shape) if data_mean is None else torch.as_tensor(data_mean)
-        self.register_buffer("data_mean", mean.expand(self.event_shape).clone())
+        self.register_data_mean(data_mean)
 
     def logit(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Acceptance logit ``f(x)``: ``[*batch]``."""
