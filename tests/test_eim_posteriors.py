@@ -282,6 +282,7 @@ def test_posteriors_without_an_upper_bound_or_of_the_wrong_size_are_rejected():
 
 @pytest.mark.parametrize("family,extra", [("snis", {"num_proposals": 4}), ("his", {"T": 2}),
                                           ("his", {"T": 1, "his_potential": "learned", "his_momentum": "learned"}),
+                                          ("sivi", {"num_proposals": 3}), ("iwhvi", {"num_proposals": 3}),
                                           ("gaussian", {})])
 def test_module_trains_through_the_trainer_and_logs_through_the_mixin(family, extra, make_trainer):
     dm = LinearGaussianDataModule(data_dim=4, latent_dim=2, batch_size=32, steps_per_epoch=3, val_size=64,

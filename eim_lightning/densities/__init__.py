@@ -23,8 +23,10 @@ from .conditional_normal import ConditionalNormal  # noqa: E402
 from .linear_gaussian import LinearGaussianModel  # noqa: E402
 from .eim_posterior_vae import EIMPosteriorVAE, NegativeLogJoint  # noqa: E402
 from .iwae import IWAE, LogImportanceWeight  # noqa: E402
+from .semi_implicit import SemiImplicit  # noqa: E402
 
 __all__ += ["Particles", "ConditionalNormal", "LinearGaussianModel", "EIMPosteriorVAE", "NegativeLogJoint", "IWAE", "LogImportanceWeight"]
+__all__ += ["SemiImplicit"]
 
 # sequential latent-variable models for FIVO / SMC (issue 5)
 from .sequential import SequentialModel  # noqa: E402

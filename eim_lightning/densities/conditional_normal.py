@@ -11,8 +11,9 @@ This is the VAE encoder, and the proposal ``q0(z|x)`` of the EIM posteriors of A
 section 4 (SNIS in q = IWAE, HIS in q = Hamiltonian VAE). Its log-density is exact, so as a
 variational family its "upper bound" is ``log q`` itself.
 
-Shapes: ``context [B, C]``; samples ``[n, B, D]``; ``log_prob(z, context)`` takes ``z [*S, B, D]``
-(any leading sample dimensions, broadcast against ``context``) and returns ``[*S, B]``.
+Shapes: ``context [B, C]`` (or ``[*batch, C]``); samples ``[n, B, D]`` (``[n, *batch, D]``);
+``log_prob(z, context)`` takes ``z [*S, B, D]`` (any leading sample dimensions, broadcast against
+``context``) and returns ``[*S, B]``.
 :meth:`ConditionalNormal.rsample_and_log_prob` with ``detach_params=True`` evaluates ``log q``
 with the parameters held fixed (gradient through ``z`` only), which the DReG and
 sticking-the-landing gradient estimators need (Roeder et al. 2017; Tucker et al. 2018).
@@ -77,13 +78,13 @@ class ConditionalNormal(Density):
     def rsample_and_log_prob(
         self, n: int, context: Tensor | None = None, detach_params: bool = False
     ) -> tuple[Tensor, Tensor]:
-        """``z [n, B, D]`` (reparameterised) and ``log q(z | c)`` ``[n, B]``.
+        """``z [n, *batch, D]`` (reparameterised) and ``log q(z | c)`` ``[n, *batch]``.
 
         With ``detach_params`` the log-density's mean and scale are held fixed, so its gradient
         reaches the network only through ``z``."""
-        shape = self._sample_shape(n, self._require_context(context))
-        loc, scale = self.params(context)
-        z = loc + scale * torch.randn(*shape, *self.event_shape, dtype=loc.dtype, device=loc.device)
+        check_positive_int("n", n)
+        loc, scale = self.params(self._require_context(context))  # [*batch, D] for context [*batch, C]
+        z = loc + scale * torch.randn(n, *loc.shape, dtype=loc.dtype, device=loc.device)
         if detach_params:
             loc, scale = loc.detach(), scale.detach()
         return z, self._log_prob(z, loc, scale)

@@ -15,7 +15,8 @@ Batches are pairs ``(x [B, x_dim], c [B, c_dim])``. Under multi-process training
 (raw x, or its embedding g(x) for a :class:`SeparableCritic`) is all-gathered *with gradients*
 (``self.all_gather(..., sync_grads=True)``: the backward pass returns each process the gradient
 of every process's loss with respect to its embeddings), so K = B x world size and the bound is
-the single-process bound on the concatenated batch. Every process must hold the same batch size.
+the single-process bound on the concatenated batch. Every process must hold the same training
+batch size. Validation and test use each evaluation batch alone (K = the evaluation batch size).
 The per-example InfoNCE values are logged as ``*/mi_lower_bound`` (nats).
 
 ``module.density`` is the conditional SNIS model (proposal ``N(0, I)`` by default, standing in
@@ -162,6 +163,8 @@ class CPC(BoundEstimatorMixin, L.LightningModule):
         return self.info_nce(x, c, gather=self.gather_negatives), {}
 
     def evaluation_bound(self, batch, num_samples: int) -> Tensor:
-        """InfoNCE of the evaluation batch (``num_samples`` is unused: the negatives are the batch)."""
+        """InfoNCE of the evaluation batch with its own K - 1 negatives, on every process (never
+        gathered: evaluation sets may split unevenly across processes, and a gather would then
+        wait forever); ``num_samples`` is unused."""
         x, c = self._pairs(batch)
-        return self.info_nce(x, c, gather=self.gather_negatives)
+        return self.info_nce(x, c)

@@ -6,7 +6,9 @@ trained on the ELBO with the EIM's upper bound on ``log q`` plugged in:
 SNIS in q (``posterior_family="snis"``: proposal q0(z|x), energy U(z; x), the selected index
 summed analytically) gives ``E[sum_k s_k (log w_k - log s_k)] - log K``, which is IWAE for
 ``U = log p(x, z) - log q0(z|x)``; HIS in q (``"his"``) with potential ``-log p(x, z)`` and
-``r(rho_T|z_T) = N(0, I)`` is the Hamiltonian VAE; ``"gaussian"`` is the plain VAE (ELBO).
+``r(rho_T|z_T) = N(0, I)`` is the Hamiltonian VAE; ``"sivi"`` / ``"iwhvi"`` are semi-implicit
+posteriors whose reverse model is an SNIS EIM over the mixing variable (K = ``num_proposals``;
+:mod:`eim_lightning.densities.semi_implicit`); ``"gaussian"`` is the plain VAE (ELBO).
 
 ``EIMPosteriorVAE(data_dim=8, latent_dim=2)`` builds a learnable linear-Gaussian model (whose
 exact ``log p(x)`` the bound can be checked against), a Gaussian encoder q0(z|x) (MLP, tanh) and
@@ -28,12 +30,13 @@ from ..densities.conditional_normal import ConditionalNormal
 from ..densities.eim_posterior_vae import EIMPosteriorVAE as EIMPosteriorVAEDensity
 from ..densities.eim_posterior_vae import NegativeLogJoint
 from ..densities.linear_gaussian import LinearGaussianModel
+from ..densities.semi_implicit import SemiImplicit
 from ..nn import MLP
 from .mixin import BoundEstimatorMixin, resolve_density
 
 __all__ = ["EIMPosteriorVAE", "default_latent_model", "default_encoder", "POSTERIOR_FAMILIES"]
 
-POSTERIOR_FAMILIES = ("snis", "his", "gaussian")
+POSTERIOR_FAMILIES = ("snis", "his", "sivi", "iwhvi", "gaussian")
 
 
 def default_latent_model(data_dim: int, latent_dim: int, model: densities.Density | None) -> densities.Density:
@@ -51,19 +54,20 @@ def default_encoder(
 
 
 class EIMPosteriorVAE(BoundEstimatorMixin, L.LightningModule):
-    """A VAE whose posterior q(z|x) is an EIM (SNIS or HIS) or a Gaussian.
+    """A VAE whose posterior q(z|x) is an EIM (SNIS or HIS), semi-implicit (SIVI, IWHVI) or a Gaussian.
 
     Args:
         data_dim: dimension of x (ignored when ``model`` or ``density`` is given).
         latent_dim: dimension of z (likewise).
-        posterior_family: ``"snis"``, ``"his"`` or ``"gaussian"``.
-        num_proposals: K of the SNIS posterior.
+        posterior_family: ``"snis"``, ``"his"``, ``"sivi"``, ``"iwhvi"`` or ``"gaussian"``.
+        num_proposals: K of the SNIS posterior, or of the semi-implicit families' SNIS reverse model.
         T: leapfrog steps of the HIS posterior.
         hidden_sizes: hidden layers of the encoder and of the learned energy / potential /
             momentum networks (tanh MLPs, each also fed x).
         his_potential: ``"model"`` (``E = -log p(x, z)``, the Hamiltonian VAE) or ``"learned"``.
         his_momentum: ``"standard_normal"`` (``r = N(0, I)``, the Hamiltonian VAE) or ``"learned"``.
         step_size_init, alpha_init: HIS leapfrog step size and tempering, initially.
+        mixing_dim: dimension of the semi-implicit families' mixing variable (default: latent_dim).
         model: the latent-variable model (default: learnable linear-Gaussian).
         encoder: the proposal q0(z|x) of the EIM posterior (default: Gaussian, MLP).
         posterior: a ready posterior density over z (then no encoder or family options).
@@ -75,7 +79,7 @@ class EIMPosteriorVAE(BoundEstimatorMixin, L.LightningModule):
         self,
         data_dim: int = 8,
         latent_dim: int = 2,
-        posterior_family: Literal["snis", "his", "gaussian"] = "snis",
+        posterior_family: Literal["snis", "his", "sivi", "iwhvi", "gaussian"] = "snis",
         num_proposals: int = 16,
         T: int = 5,
         hidden_sizes: Sequence[int] = (32, 32),
@@ -83,6 +87,7 @@ class EIMPosteriorVAE(BoundEstimatorMixin, L.LightningModule):
         his_momentum: Literal["standard_normal", "learned"] = "standard_normal",
         step_size_init: float = 0.1,
         alpha_init: float = 0.995,
+        mixing_dim: int | None = None,
         model: densities.Density | None = None,
         encoder: densities.Density | None = None,
         posterior: densities.Density | None = None,
@@ -101,6 +106,13 @@ class EIMPosteriorVAE(BoundEstimatorMixin, L.LightningModule):
 
         def build_posterior(latent: densities.Density) -> densities.Density:
             dz, dx = latent.latent_dim, latent.event_shape[0]
+            if posterior_family in ("sivi", "iwhvi"):
+                if encoder is not None:
+                    raise ValueError("the semi-implicit families build their own networks; pass a ready posterior instead")
+                dpsi = mixing_dim or dz
+                conditional = ConditionalNormal(MLP(dpsi + dx, list(hidden_sizes), 2 * dz), dz)
+                reverse = ConditionalNormal(MLP(dz + dx, list(hidden_sizes), 2 * dpsi), dpsi) if posterior_family == "iwhvi" else None
+                return SemiImplicit(densities.Normal(dpsi), conditional, reverse, num_reverse_samples=num_proposals)
             q0 = default_encoder(dx, dz, hidden_sizes, encoder)
             if posterior_family == "gaussian":
                 return q0
