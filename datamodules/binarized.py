@@ -338,7 +338,7 @@ class ImageDataModule(L.LightningDataModule):
         return {"num_workers": self.num_workers, "pin_memory": self.pin_memory, "persistent_workers": self.num_workers > 0}
 
     def train_dataloader(self) -> DataLoader:
-        return train_loader(self.train_dataset, self.batch_size, seed=self.seed, **self._loader_options())
+        return train_loader(self.train_dataset, self.batch_size, seed=self.seed, trainer=self.trainer, **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
         return eval_loader(self.val_dataset, self.eval_batch_size, self.trainer, **self._loader_options())

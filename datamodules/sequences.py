@@ -80,7 +80,7 @@ class SequenceDataModule(SyntheticDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_size is None:
             return super().train_dataloader()
-        return train_loader(self._fixed(self.train_size, 3), self.batch_size, seed=self.seed)
+        return train_loader(self._fixed(self.train_size, 3), self.batch_size, seed=self.seed, trainer=self.trainer)
 
 
 class LinearGaussianSequenceDataModule(SequenceDataModule):
