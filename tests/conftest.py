@@ -23,15 +23,21 @@ def _seed():
     yield
 
 
-@pytest.fixture
-def data_dir() -> Path:
-    """The shared real data (EIM_DATA_DIR, default ../shared/data); skips if missing unless CI."""
+def real_data_dir() -> Path:
+    """The shared real data (EIM_DATA_DIR, default ../shared/data); skips the calling test if
+    missing, except under CI=true, where a missing data directory fails it."""
     path = Path(os.environ.get("EIM_DATA_DIR", REPO.parent / "shared" / "data"))
     if not path.is_dir():
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"real data directory {path} is missing (set EIM_DATA_DIR)")
         pytest.skip(f"real data directory {path} is missing (set EIM_DATA_DIR)")
     return path
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    """The shared real data directory (see :func:`real_data_dir`)."""
+    return real_data_dir()
 
 
 @pytest.fixture

@@ -1,13 +1,11 @@
 """Layer 4: every YAML config parses, instantiates and trains; the console scripts work."""
 
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from eim_lightning.cli import EIMCLI
@@ -58,6 +56,7 @@ def _image_data_overrides(path: Path, cfg: dict, tmp_path: Path) -> list[str]:
     """Image configs train on a small slice of the real data (static MNIST, Fashion-MNIST from
     EIM_DATA_DIR, default ../shared/data) or, for grayscale MNIST (which exists nowhere
     offline), on small IDX files written here."""
+    from conftest import real_data_dir
     from test_datamodules_images import tiny_images, write_tiny
 
     args = cfg["data"]["init_args"]
@@ -65,9 +64,7 @@ def _image_data_overrides(path: Path, cfg: dict, tmp_path: Path) -> list[str]:
         root = write_tiny(tmp_path / "data", tiny_images(120, 1), tiny_images(20, 2))
         extra = ["--data.init_args.val_size=20"]
     else:
-        root = Path(os.environ.get("EIM_DATA_DIR", REPO.parent / "shared" / "data"))
-        if not root.is_dir():
-            pytest.skip(f"real data directory {root} is missing (set EIM_DATA_DIR)")
+        root = real_data_dir()
         extra = []
     return [f"--data.init_args.root={root}", "--data.init_args.train_subset=96", "--data.init_args.val_subset=8",
             "--data.init_args.batch_size=32", "--data.init_args.eval_batch_size=8", *extra]
