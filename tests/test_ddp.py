@@ -18,8 +18,12 @@ JOB = Path(__file__).parent / "jobs" / "ddp_job.py"
 
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
+    from conftest import real_data_dir
+
+    real_data_dir()  # the image configs train on static MNIST
     out = tmp_path_factory.mktemp("ddp") / "results.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.setdefault("EIM_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     proc = subprocess.run([sys.executable, str(JOB), str(out)], capture_output=True, text=True, env=env, timeout=1200,
                           cwd=tmp_path_factory.getbasetemp())
     assert proc.returncode == 0, proc.stderr[-5000:]
@@ -28,11 +32,26 @@ def ddp_results(tmp_path_factory):
 
 @pytest.mark.slow
 def test_every_module_trains_under_ddp_with_identical_replicas(ddp_results):
-    assert set(ddp_results) == {"snis", "trs", "his", "lars", "gaussian"}
+    assert set(ddp_results) == {"snis", "trs", "his", "lars", "gaussian", "configs"}
     for name, r in ddp_results.items():
+        if name == "configs":
+            continue
         assert r["world_size"] == 2
         a, b = r["checksums"]
         assert a == b, name
+
+
+@pytest.mark.slow
+def test_every_other_kind_of_module_trains_under_ddp_with_identical_replicas(ddp_results):
+    """VAE with a LARS prior (its Z too), ConvHVAE, SNIS with a VAE proposal, IWAE, an EIM
+    posterior, FIVO and ranking NCE, each from its config (CPC has its own DDP test)."""
+    configs = ddp_results["configs"]
+    assert len(configs) == 7
+    for name, r in configs.items():
+        assert r["world_size"] == 2 and r["steps"] == 3, name
+        first, second = r["per_rank"]
+        assert first == second, name
+    assert len(configs["images/static_mnist/vae_lars_prior.yaml"]["per_rank"][0]) == 2  # checksum and Z
 
 
 @pytest.mark.slow

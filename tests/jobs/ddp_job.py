@@ -6,13 +6,18 @@ Trains every 2-D module under ``Trainer(strategy="ddp", accelerator="cpu", devic
 (gloo) for a few steps, records LARS's moving-average Z on every process after every step,
 tests each module, and on rank 0 writes to ``OUT`` the test values, the per-rank Z histories
 and per-rank parameter checksums, plus single-process evaluations of the same weights on the
-same test set for comparison.
+same test set for comparison. Then every other kind of module (VAE with a LARS prior, ConvHVAE,
+SNIS with a VAE proposal, IWAE, an EIM-posterior VAE, FIVO, ranking NCE) is built from its
+config and trained a few steps the same way, with per-rank checksums and LARS Z values.
 """
 
+import os
 import sys
+from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 
 from datamodules import Toy2DDataModule
 from eim_lightning import HIS, LARS, SNIS, TRS, Gaussian
@@ -54,7 +59,6 @@ def main() -> None:
         gathered = trainer.strategy.all_gather(torch.stack([checksum, torch.tensor(float(len(history.values)))]))
         z_hist = trainer.strategy.all_gather(torch.tensor(history.values or [0.0]))
         if trainer.global_rank == 0:
-            dm.setup("test")
             x = dm.test_dataloader().dataset.tensors[0]
             model.eval()
             lars_z = None
@@ -71,8 +75,62 @@ def main() -> None:
                 "lars_z_eval": lars_z,
                 "world_size": trainer.world_size,
             }
-    if results:
+    results["configs"] = train_configs()
+    if results["configs"] is not None:
         torch.save(results, out)
+
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = [
+    "images/static_mnist/vae_lars_prior.yaml",
+    "images/static_mnist/convhvae_gaussian_prior.yaml",
+    "images/static_mnist/snis_vae_proposal.yaml",
+    "unify/iwae_linear_gaussian.yaml",
+    "unify/hvae_linear_gaussian.yaml",
+    "unify/fivo_linear_gaussian.yaml",
+    "unify/ranking_nce_two_rings.yaml",
+]
+
+
+def _small(node):
+    """Shrink LARS Z-sample counts and K/T so a few DDP steps are quick."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("num_z_val_samples", "num_z_eval_samples"):
+                node[key] = min(value, 2000)
+            elif key in ("num_proposals", "T", "num_z_samples") and isinstance(value, int) and value > 64:
+                node[key] = 64
+            else:
+                _small(value)
+    elif isinstance(node, list):
+        for item in node:
+            _small(item)
+
+
+def train_configs() -> dict | None:
+    from eim_lightning.cli import EIMCLI
+
+    root = os.environ.get("EIM_DATA_DIR", str(REPO.parent / "shared" / "data"))
+    out, rank = {}, 0
+    for name in CONFIGS:
+        cfg = yaml.safe_load((REPO / "configs" / name).read_text())
+        cfg["trainer"].pop("callbacks", None)
+        cfg["trainer"].pop("logger", None)
+        _small(cfg)
+        args = ["--config", yaml.safe_dump(cfg), "--trainer.max_steps=3", "--trainer.limit_val_batches=0",
+                "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.logger=false",
+                "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
+                "--trainer.enable_model_summary=false"]
+        if name.startswith("images/"):
+            args += [f"--data.init_args.root={root}", "--data.init_args.train_subset=128", "--data.init_args.batch_size=32"]
+        cli = EIMCLI(args=args, run=False)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        checksum = torch.cat([p.detach().flatten() for p in cli.model.parameters()]).double().sum()
+        z = [float(m.z_ema) for m in cli.model.modules() if hasattr(m, "z_ema")]
+        gathered = cli.trainer.strategy.all_gather(torch.tensor([float(checksum), *z], dtype=torch.float64))
+        rank = cli.trainer.global_rank
+        out[name] = {"per_rank": gathered.tolist(), "steps": cli.trainer.global_step, "world_size": cli.trainer.world_size}
+    return out if rank == 0 else None
 
 
 if __name__ == "__main__":
