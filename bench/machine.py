@@ -6,7 +6,9 @@ import os
 import platform
 
 
-def describe() -> str:
+def describe(threads: int | None = None) -> str:
+    """CPU model, core count, versions and torch's intra-op threads (``threads`` overrides the
+    count, for scripts whose measurements run in child processes)."""
     import lightning
     import torch
 
@@ -17,6 +19,6 @@ def describe() -> str:
     except OSError:
         pass
     return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads or torch.get_num_threads()} threads), "
         f"lightning {lightning.__version__}, Python {platform.python_version()}"
     )

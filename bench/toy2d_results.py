@@ -97,7 +97,7 @@ def write_table(runs_dir: Path, output: Path, images_dir: Path, command: str, op
         "tanh, K = T = 1024, HIS T = 5). Higher is better; the target's E_p[log p] is the ceiling. "
         "\\* LARS's value is an *estimate* (its Z is estimated from 1e8 proposal samples), not a bound.",
         "",
-        f"Produced by `{command}` on {describe()}, one torch thread per run, {opts_jobs} runs side by side. The paper trained far longer: these are short runs, not converged values.",
+        f"Produced by `{command}` on {describe(threads=1)} per run, {opts_jobs} runs side by side on a machine shared with other work. The paper trained far longer: these are short runs, not converged values.",
         "",
         "| target | " + " | ".join(LABELS[a] for a in ALGOS) + " | N(0, I) proposal | target E_p[log p] | steps |",
         "|---|" + "---|" * (len(ALGOS) + 3),
@@ -135,6 +135,16 @@ def write_table(runs_dir: Path, output: Path, images_dir: Path, command: str, op
                 lines.append(f"**{LABELS[algo]} on {target}**  ")
                 lines.append(f"![{algo} {target}]({dest.relative_to(output.parent)})")
                 lines.append("")
+    lines += [
+        "## More results",
+        "",
+        "- [RESULTS_IMAGES.md](RESULTS_IMAGES.md): VAEs with EIM priors and EIMs with VAE proposals on binarized "
+        "MNIST and Fashion-MNIST (the paper's Table 1), produced by `bench/mnist_results.py`.",
+        "- [RESULTS_UNIFY.md](RESULTS_UNIFY.md): IWAE = SNIS posterior, FIVO vs the Kalman filter as K grows, "
+        "ranking NCE = SNIS, InfoNCE vs the true mutual information, produced by `bench/unify_results.py` and "
+        "`bench/unify_fivo.py`.",
+        "",
+    ]
     output.write_text("\n".join(lines) + "\n")
     print(f"wrote {output}")
 
