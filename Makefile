@@ -27,7 +27,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
-	$(PY) bench/toy2d_steps.py --output docs/BENCHMARKS.md
+	$(PY) bench/toy2d_steps.py --steps 300 --warmup 50 --repeats 5 --threads 1 --output docs/BENCHMARKS.md
 
 results: $(STAMP)
 	$(PY) bench/toy2d_results.py --steps 20000 --jobs 2 --output docs/RESULTS.md
