@@ -8,7 +8,7 @@ on 10,000 test points and prints it beside the target's true expected log-likeli
 on two CPU cores::
 
     eim-demo                                   # defaults
-    eim-demo --steps 20000 --target two_rings  # longer, another target
+    eim-demo --steps 40000 --target two_rings  # longer, another target
     eim-demo --algo trs                        # another EIM (snis, trs, his, lars, gaussian)
 """
 
@@ -65,7 +65,7 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(prog="eim-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--algo", default="snis", choices=sorted(MODELS))
     parser.add_argument("--target", default="checkerboard", choices=["checkerboard", "nine_gaussians", "two_rings"])
-    parser.add_argument("--steps", type=int, default=15000, help="training steps (default: about 3 minutes on 2 cores)")
+    parser.add_argument("--steps", type=int, default=25000, help="training steps (default: about 3 minutes on 2 cores)")
     parser.add_argument("--output", default="runs/demo", help="directory for TensorBoard logs, checkpoints and images")
     opts = parser.parse_args(argv)
     if opts.steps < 1:
