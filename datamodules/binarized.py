@@ -7,8 +7,9 @@ Variants of :class:`BinarizedMNISTDataModule` (train / valid / test sizes):
   from ``binarized_mnist_{train,valid,test}.amat`` (plain or ``.gz``) in ``root`` or
   ``root/binarized_mnist``: one image a line, 784 space-separated 0/1 values, row-major 28x28.
 * ``"dynamic"``: grayscale MNIST (torchvision's, or IDX files, see :mod:`datamodules.idx`),
-  re-binarized with fresh Bernoulli draws ``x ~ Bernoulli(pixel / 255)`` every time a training
-  image is read; train = the first 50,000 of the 60,000 training images, valid = the last
+  re-binarized with fresh Bernoulli draws ``x ~ Bernoulli(pixel / 255)`` every epoch (through
+  the training loader the noise is a pure function of (seed, epoch, image), so a resumed run
+  reads the same bits; see :class:`ImageDataset`); train = the first 50,000 of the 60,000 training images, valid = the last
   10,000, test = the 10,000 test images. Valid and test are binarized once, with a generator
   seeded by ``seed``, so every epoch and every run with that seed sees the same bits.
 * ``"fashion"``: Fashion-MNIST, binarized like ``"dynamic"`` (as in the LARS and EIM papers).
@@ -37,7 +38,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from .idx import _cache_key, load_mnist_images, read_bytes
-from .loaders import eval_loader, train_loader
+from .loaders import counter_uniform, eval_loader, train_loader
 
 __all__ = [
     "BinarizedMNISTDataModule",
@@ -63,52 +64,71 @@ _AMAT_CACHE: dict[tuple[str, int, int], np.ndarray] = {}
 # -- pixel transforms -------------------------------------------------------------------------
 
 
-def binarize(gray: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """``Bernoulli(gray / 255)`` draws as float32 {0., 1.} (``gray``: integers 0..255)."""
+def binarize(gray: Tensor, u: Tensor | None = None) -> Tensor:
+    """``Bernoulli(gray / 255)`` draws as float32 {0., 1.} (``gray``: integers 0..255): one where
+    the uniform ``u`` (same shape; default fresh from torch's global generator) is below ``gray / 255``."""
     p = gray.float().div_(255.0)
-    return (torch.rand(p.shape, generator=generator) < p).float()
+    return ((torch.rand(p.shape) if u is None else u) < p).float()
 
 
-def jitter(ints: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """``ints + U(0, 1)`` as float32 (``ints``: integers 0..255), strictly below ``ints + 1``.
+def jitter(ints: Tensor, u: Tensor | None = None) -> Tensor:
+    """``ints + u`` as float32 (``ints``: integers 0..255; ``u`` uniform on [0, 1), default fresh
+    from torch's global generator), strictly below ``ints + 1``.
 
     The noise is capped at ``1 - 2**-16`` (probability 2**-16 moved onto that value): below 256
     float32 steps are at most 2**-16, so ``k + u`` is then never rounded up to ``k + 1``."""
-    noise = torch.rand(ints.shape, generator=generator).clamp_(max=1.0 - 2.0**-16)
-    return noise.add_(ints.float())
+    noise = torch.rand(ints.shape) if u is None else u.clone()
+    return noise.clamp_(max=1.0 - 2.0**-16).add_(ints.float())
 
 
-def _identity(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    return x.float()
+_TRANSFORMS: dict[str, Callable[[Tensor, Tensor | None], Tensor]] = {"binarize": binarize, "jitter": jitter}
 
 
-_TRANSFORMS: dict[str, Callable[..., Tensor]] = {"none": _identity, "binarize": binarize, "jitter": jitter}
+def _transform(name: str, raw: Tensor, noise: Callable[[], Tensor]) -> Tensor:
+    """``raw`` through transform ``name`` (``"none"``: as float32) with uniforms from ``noise()``."""
+    return raw.float() if name == "none" else _TRANSFORMS[name](raw, noise())
 
 
 class ImageDataset(Dataset):
     """Images stored as a tensor ``[N, 784]`` and returned as float32 of ``event_shape``, through
-    ``transform`` (``"none"``, ``"binarize"`` or ``"jitter"``) applied afresh at every read with
-    torch's global generator (each DataLoader worker has its own seed).
+    ``transform`` (``"none"``, ``"binarize"`` or ``"jitter"``) applied afresh at every read.
+
+    The transform's uniforms: when the dataset is read by ``(epoch, index)`` pairs (what
+    :func:`datamodules.loaders.train_loader` passes, since ``epoch_keyed`` is set for a random
+    transform), they are :func:`datamodules.loaders.counter_uniform` of (``seed``, epoch, index):
+    fresh every epoch, and the same bits on a resumed run and with any number of workers. Read
+    by a plain index, they come from torch's global generator.
 
     Items are plain tensors; ``__getitems__`` transforms a whole batch at once.
     """
 
-    def __init__(self, images: Tensor, event_shape: Sequence[int], transform: str = "none") -> None:
-        if transform not in _TRANSFORMS:
-            raise ValueError(f"unknown transform {transform!r}; choose one of {sorted(_TRANSFORMS)}")
+    def __init__(self, images: Tensor, event_shape: Sequence[int], transform: str = "none", seed: int = 0) -> None:
+        if transform != "none" and transform not in _TRANSFORMS:
+            raise ValueError(f"unknown transform {transform!r}; choose one of {['none', *sorted(_TRANSFORMS)]}")
         self.images = images
         self.event_shape = torch.Size(event_shape)
         self.transform = transform
+        self.seed = seed
+        self.epoch_keyed = transform != "none"
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def __getitem__(self, index: int) -> Tensor:
-        return _TRANSFORMS[self.transform](self.images[index]).view(self.event_shape)
+    def _read(self, keys: list) -> Tensor:
+        if keys and isinstance(keys[0], (tuple, list)):
+            epoch, index = torch.as_tensor(keys, dtype=torch.long).unbind(1)
+            raw = self.images[index]
+            batch = _transform(self.transform, raw, lambda: counter_uniform(self.seed, epoch, index, raw.shape[1]))
+        else:
+            raw = self.images[torch.as_tensor(keys, dtype=torch.long)]
+            batch = _transform(self.transform, raw, lambda: torch.rand(raw.shape))
+        return batch.view(len(keys), *self.event_shape)
 
-    def __getitems__(self, indices: list[int]) -> list[Tensor]:
-        batch = _TRANSFORMS[self.transform](self.images[torch.as_tensor(indices, dtype=torch.long)])
-        return list(batch.view(len(indices), *self.event_shape).unbind(0))
+    def __getitem__(self, key: int | tuple[int, int]) -> Tensor:
+        return self._read([key])[0]
+
+    def __getitems__(self, keys: list) -> list[Tensor]:
+        return list(self._read(keys).unbind(0))
 
 
 # -- static MNIST files -----------------------------------------------------------------------
@@ -283,11 +303,11 @@ class ImageDataModule(L.LightningDataModule):
         if split not in self._datasets:
             raw = self._subset(split)
             if split == "train":
-                self._datasets[split] = ImageDataset(raw, self.event_shape, self.train_transform)
+                self._datasets[split] = ImageDataset(raw, self.event_shape, self.train_transform, self.seed)
             else:
                 stream = {"valid": 1, "test": 2}[split]
                 gen = torch.Generator().manual_seed(self.seed * 1_000_003 + stream)
-                fixed = _TRANSFORMS[self.eval_transform](raw, gen)
+                fixed = _transform(self.eval_transform, raw, lambda: torch.rand(raw.shape, generator=gen))
                 if self.eval_transform == "binarize":
                     fixed = fixed.to(torch.uint8)  # 4x less memory; read back as float32
                 self._datasets[split] = ImageDataset(fixed, self.event_shape, "none")

@@ -7,7 +7,8 @@ lower-bounds the discrete likelihood (``P(k) >= exp(E_u[log p(k + u)])``); to co
 density on the [0, 1] scale add ``784 * log(256)`` nats to the latter's negative log-likelihood,
 and for bits per dimension use ``nll / (784 * log 2)``.
 
-Training images get fresh noise every time they are read; validation and test noise is drawn
+Training images get fresh noise every epoch, a pure function of (seed, epoch, image) through the
+training loader (so resumed runs are exact); validation and test noise is drawn
 once from a generator seeded by ``seed``. Splits as for the dynamic binarized variants: train =
 the first 50,000 of the 60,000 training images, valid = the last 10,000 (``val_size``; the
 authors' code has no validation split for Fashion-MNIST, so this one is ours), test = the 10,000

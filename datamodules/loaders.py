@@ -8,6 +8,10 @@
   Lightning calls ``set_epoch``), and a run resumed in the middle of an epoch skips the batches
   that epoch already used (read off the trainer's global step), so it sees exactly the batches of
   an uninterrupted run.
+* Per-read random transforms (dynamic binarization, jitter) can be keyed by ``(epoch, index)``:
+  with ``tag_epoch`` the sampler yields ``(epoch, index)`` pairs and the dataset draws its noise
+  from :func:`counter_uniform`, a pure function of (seed, epoch, index), so a resumed run (and a
+  run with any number of workers) reads exactly the same bits.
 * Evaluation under multi-process training splits the set across processes *without padding*
   (Lightning's ``UnrepeatedDistributedSampler``), so the mean over processes is exactly the mean
   over the set (a padded ``DistributedSampler`` would count some examples twice).
@@ -20,22 +24,50 @@ from collections.abc import Iterator
 
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["EpochSeededRandomSampler", "train_loader", "eval_loader"]
+__all__ = ["EpochSeededRandomSampler", "counter_uniform", "train_loader", "eval_loader"]
+
+_GOLDEN = 0x9E3779B97F4A7C15 - 2**64  # splitmix64's increment, as a signed int64
+_MIX1 = 0xBF58476D1CE4E5B9 - 2**64
+_MIX2 = 0x94D049BB133111EB - 2**64
 
 
-class EpochSeededRandomSampler(Sampler[int]):
-    """A random permutation of ``range(len(dataset))`` drawn from ``(seed, epoch)``.
+def _shr(z: Tensor, s: int) -> Tensor:
+    """Logical right shift of int64 (torch's ``>>`` is arithmetic)."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix64(z: Tensor) -> Tensor:
+    """splitmix64's finaliser (Steele, Lea, Flood 2014), wrapping int64 arithmetic."""
+    z = (z ^ _shr(z, 30)) * _MIX1
+    z = (z ^ _shr(z, 27)) * _MIX2
+    return z ^ _shr(z, 31)
+
+
+def counter_uniform(seed: int, epoch: Tensor, index: Tensor, width: int) -> Tensor:
+    """Uniforms ``[N, width]`` on ``[0, 1)`` (float32, 24-bit grid), a pure function of
+    ``(seed, epoch[n], index[n], column)``: row ``n`` is the splitmix64 stream whose state is
+    keyed by (seed, epoch, index). Counter-based, so no generator state needs saving or replaying."""
+    seed_key = _mix64(torch.tensor(seed, dtype=torch.int64) * _GOLDEN + _GOLDEN)
+    key = _mix64(_mix64(seed_key + epoch.long() * _GOLDEN) + index.long() * _GOLDEN)  # [N]
+    counters = torch.arange(1, width + 1, dtype=torch.int64) * _GOLDEN  # [width]
+    return _shr(_mix64(key[:, None] + counters), 40).float() * 2.0**-24
+
+
+class EpochSeededRandomSampler(Sampler):
+    """A random permutation of ``range(len(dataset))`` drawn from ``(seed, epoch)``; with
+    ``tag_epoch``, each index comes as an ``(epoch, index)`` pair.
 
     With a ``trainer``, an iterator started in the middle of an epoch (a resumed run) begins
     after the ``batch_size``-sized batches that epoch has already consumed, counted from
     ``trainer.global_step`` (times ``accumulate_grad_batches``) and ``trainer.current_epoch``.
     """
 
-    def __init__(self, dataset: Dataset, seed: int = 0, batch_size: int = 1, trainer=None) -> None:
+    def __init__(self, dataset: Dataset, seed: int = 0, batch_size: int = 1, trainer=None, tag_epoch: bool = False) -> None:
         self.n, self.seed, self.epoch = len(dataset), seed, 0
-        self.batch_size, self.trainer = batch_size, trainer
+        self.batch_size, self.trainer, self.tag_epoch = batch_size, trainer, tag_epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -49,10 +81,20 @@ class EpochSeededRandomSampler(Sampler[int]):
         done = t.global_step * t.accumulate_grad_batches - t.current_epoch * per_epoch
         return done if 0 < done < per_epoch else 0
 
-    def __iter__(self) -> Iterator[int]:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.n, generator=gen)
-        return iter(order[self.batches_done() * self.batch_size :].tolist())
+    def current_epoch(self) -> int:
+        """The trainer's epoch while training, else the one ``set_epoch`` gave. (A DataLoader with
+        workers starts its index iterator when it is created, which on a resumed run comes before
+        Lightning's ``set_epoch``.)"""
+        t = self.trainer
+        return t.current_epoch if t is not None and t.training else self.epoch
+
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
+        epoch = self.current_epoch()
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(self.n, generator=gen)[self.batches_done() * self.batch_size :].tolist()
+        if self.tag_epoch:
+            return iter([(epoch, i) for i in order])
+        return iter(order)
 
     def __len__(self) -> int:
         return self.n
@@ -62,8 +104,10 @@ def train_loader(
     dataset: Dataset, batch_size: int | None, seed: int = 0, shuffle: bool = True, trainer=None, **kwargs
 ) -> DataLoader:
     """Training loader: shuffled by ``(seed, epoch)`` and resumable mid-epoch given the
-    ``trainer`` (or in order), with its own generator."""
-    sampler = EpochSeededRandomSampler(dataset, seed, batch_size or 1, trainer) if shuffle else None
+    ``trainer`` (or in order), with its own generator. A dataset with ``epoch_keyed = True``
+    receives ``(epoch, index)`` pairs (see :func:`counter_uniform`)."""
+    tag = getattr(dataset, "epoch_keyed", False)
+    sampler = EpochSeededRandomSampler(dataset, seed, batch_size or 1, trainer, tag_epoch=tag) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=torch.Generator().manual_seed(seed), **kwargs)
 
 

@@ -177,11 +177,46 @@ def test_fashion_dynamic_binarization_is_fresh_and_unbiased(data_dir):
     # per pixel: |mean - p| < 5 standard errors (+1e-9 for p in {0, 1}, where the error is 0)
     tol = 5 * torch.sqrt(p * (1 - p) / n) + 1e-9
     assert ((reads.mean(0) - p).abs() < tol).all()
-    # an epoch through the shuffled loader: fresh bits, same images, mean matches data_mean
-    epoch1, epoch2 = all_batches(dm.train_dataloader()), all_batches(dm.train_dataloader())
-    assert epoch1.shape == (1000, 784) and not torch.equal(epoch1, epoch2)
+    # an epoch through the shuffled loader: fresh bits each epoch, mean matches data_mean
+    loader = dm.train_dataloader()
+    epoch0 = all_batches(loader)
+    loader.sampler.set_epoch(1)  # what Lightning does at each epoch start
+    epoch1 = all_batches(loader)
+    assert epoch1.shape == (1000, 784) and not torch.equal(epoch0, epoch1)
     pixel_se = math.sqrt(0.25 / epoch1.numel())
     assert abs(float(epoch1.mean()) - float(dm.data_mean.mean())) < 6 * pixel_se
+    # the bits are a function of (seed, epoch, image): the same epoch read again gives the same batches
+    assert torch.equal(all_batches(loader), epoch1)
+    loader.sampler.set_epoch(0)
+    assert torch.equal(all_batches(dm.train_dataloader()), epoch0)
+
+
+def test_dynamic_bits_are_keyed_by_seed_epoch_and_image(data_dir):
+    """Each training image's bits depend on (seed, epoch, image) only: not on the shuffle order,
+    the batch it lands in or how many batches were read before (which is what makes a resumed
+    run read the same bits), and they differ between epochs, images and seeds."""
+    dm = BinarizedMNISTDataModule("fashion", str(data_dir), batch_size=50, train_subset=200, seed=5)
+    ds = dm.train_dataset
+    a = torch.stack(ds.__getitems__([(3, 10), (3, 11), (4, 10)]))
+    b = torch.stack(ds.__getitems__([(4, 10), (3, 10)]))
+    assert torch.equal(a[0], b[1]) and torch.equal(a[2], b[0]) and torch.equal(ds[(3, 11)], a[1])
+    p = ds.images[10].double() / 255
+    mixed = (p > 0.2) & (p < 0.8)  # pixels where two Bernoulli draws differ with probability > 0.3
+    assert mixed.sum() > 100
+    assert not torch.equal(a[0][mixed], a[2][mixed])  # another epoch
+    other = BinarizedMNISTDataModule("fashion", str(data_dir), batch_size=50, train_subset=200, seed=6).train_dataset
+    assert not torch.equal(other[(3, 10)][mixed], a[0][mixed])  # another seed
+    # the loader's epoch e batches are exactly the keyed reads of its (epoch, index) order
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(7)
+    keys = list(loader.sampler)
+    assert keys[0][0] == 7 and sorted(i for _, i in keys) == list(range(200))
+    assert torch.equal(all_batches(loader), torch.stack(ds.__getitems__(keys)))
+    # 2000 epochs of one image: the keyed bits are Bernoulli(p) per pixel (5 standard errors)
+    n = 2000
+    reads = torch.stack(ds.__getitems__([(e, 10) for e in range(n)])).double()
+    tol = 5 * torch.sqrt(p * (1 - p) / n) + 1e-9
+    assert ((reads.mean(0) - p).abs() < tol).all()
 
 
 def test_fashion_eval_binarization_fixed_across_epochs_and_instances(data_dir):
@@ -247,16 +282,22 @@ def test_dynamic_subsets_and_unflattened(tmp_path, tiny_mnist):
 
 
 def test_worker_processes_draw_fresh_bits(tmp_path, tiny_mnist):
-    """With DataLoader workers (each with its own torch seed) training bits stay fresh across
-    epochs and valid bits stay fixed."""
+    """With DataLoader workers, training bits stay fresh across epochs and equal those of a
+    loader without workers; valid bits stay fixed."""
     root = write_tiny(tmp_path, *tiny_mnist)
     dm = BinarizedMNISTDataModule("dynamic", str(root), batch_size=10, val_size=N_VAL, num_workers=2)
     loader = dm.train_dataloader()
     assert loader.num_workers == 2 and loader.persistent_workers
-    e1, e2 = all_batches(loader), all_batches(loader)
+    e1 = all_batches(loader)
+    loader.sampler.set_epoch(1)
+    e2 = all_batches(loader)
     assert e1.shape == e2.shape == (100, 784) and not torch.equal(e1, e2)
     batches = list(loader)
     assert not any(torch.equal(batches[0], b) for b in batches[1:])
+    # the bits do not depend on the workers: a worker-free loader reads the same epoch identically
+    single = BinarizedMNISTDataModule("dynamic", str(root), batch_size=10, val_size=N_VAL).train_dataloader()
+    single.sampler.set_epoch(1)
+    assert torch.equal(all_batches(single), e2)
     assert torch.equal(all_batches(dm.val_dataloader()), dm.val_dataset.images.float())
 
 
@@ -325,9 +366,10 @@ def test_jittered_fashion_real(data_dir):
 def test_jitter_never_rounds_up_to_the_next_integer():
     """float32 ``255 + u`` rounds to 256 for u within 2**-17 of 1 (about 8 of 10**6 draws)."""
     k = torch.full((2_000_000,), 255, dtype=torch.uint8)
-    x = jitter(k, torch.Generator().manual_seed(0))
+    x = jitter(k, torch.rand(k.shape, generator=torch.Generator().manual_seed(0)))
     assert (x < 256).all() and (x.floor() == 255).all()
-    small = jitter(torch.zeros(10, dtype=torch.uint8), torch.Generator().manual_seed(0))
+    assert (jitter(k, torch.full(k.shape, 1 - 2.0**-24)) < 256).all()  # the largest counter_uniform value
+    small = jitter(torch.zeros(10, dtype=torch.uint8))
     assert (small > 0).all() and (small < 1).all()
     b = binarize(torch.tensor([0, 255] * 500, dtype=torch.uint8)).view(-1, 2)
     assert b.dtype == torch.float32 and (b[:, 0] == 0).all() and (b[:, 1] == 1).all()

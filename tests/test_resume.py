@@ -1,6 +1,7 @@
 """Exact resume: a run killed mid-training (SIGKILL) and resumed from its last checkpoint ends
 with exactly the parameters, state (LARS's Z) and bound of an uninterrupted run. The VAE runs on
-a shuffled slice of static MNIST and is killed in the middle of an epoch."""
+a shuffled slice of static MNIST, and of dynamically binarized Fashion-MNIST (whose bits are
+keyed by seed, epoch and image), and is killed in the middle of an epoch."""
 
 import os
 import signal
@@ -25,7 +26,8 @@ def _job(*args, check=True):
 
 @pytest.mark.parametrize(
     "model", ["snis", pytest.param("trs", marks=pytest.mark.slow), pytest.param("his", marks=pytest.mark.slow),
-              pytest.param("lars", marks=pytest.mark.slow), pytest.param("vae_snis", marks=pytest.mark.slow)]
+              pytest.param("lars", marks=pytest.mark.slow), pytest.param("vae_snis", marks=pytest.mark.slow),
+              pytest.param("vae_snis_fashion", marks=pytest.mark.slow)]
 )
 def test_killed_and_resumed_run_equals_uninterrupted_run(model, tmp_path, data_dir):
     _job(model, 20, tmp_path / "full.pt", "--ckpt-dir", tmp_path / "full")

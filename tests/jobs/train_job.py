@@ -32,12 +32,18 @@ MODELS = {
     "vae_snis": lambda: VAE(hidden_sizes=(32,), latent_dim=4, num_val_samples=2,
                             prior=SNISDensity(Normal(4), MLP(4, [16], 1), num_proposals=16)),
 }
+# the same VAE on dynamically binarized Fashion-MNIST read by two DataLoader workers: fresh bits
+# every epoch, keyed by (seed, epoch, image), so the resumed run, whose new workers start new
+# random streams, must still read the bits the uninterrupted one read
+MODELS["vae_snis_fashion"] = MODELS["vae_snis"]
 
 
 def datamodule(model: str):
     if model.startswith("vae"):
         root = os.environ.get("EIM_DATA_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data"))
-        return BinarizedMNISTDataModule("static", root, batch_size=16, train_subset=96, val_subset=32, test_subset=32)
+        fashion = model.endswith("fashion")
+        return BinarizedMNISTDataModule("fashion" if fashion else "static", root, batch_size=16, train_subset=96,
+                                        val_subset=32, test_subset=32, num_workers=2 if fashion else 0)
     return Toy2DDataModule("two_rings", batch_size=64, steps_per_epoch=7, val_size=100, eval_batch_size=100)
 
 
