@@ -143,6 +143,8 @@ def write_table(runs_dir: Path, output: Path, images_dir: Path, command: str, op
         "- [RESULTS_UNIFY.md](RESULTS_UNIFY.md): IWAE = SNIS posterior, FIVO vs the Kalman filter as K grows, "
         "ranking NCE = SNIS, InfoNCE vs the true mutual information, produced by `bench/unify_results.py` and "
         "`bench/unify_fivo.py`.",
+        "- [LARS_SATURATION.md](LARS_SATURATION.md): why LARS* lags TRS on nine_gaussians (its acceptance "
+        "saturates and the gradient that would lower it vanishes), produced by `bench/lars_saturation.py`.",
         "",
     ]
     output.write_text("\n".join(lines) + "\n")
