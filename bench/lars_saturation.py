@@ -15,7 +15,6 @@ saturates; TRS's exact bound has ``log(1 - a)`` terms for the rejected proposals
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
@@ -23,6 +22,8 @@ import torch
 
 from datamodules import make_target
 from eim_lightning import LARS, TRS
+
+from machine import describe
 
 
 def trajectory(algo: str, steps: int, every: int, seed: int) -> list[dict]:
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         __doc__.split("\n\n")[1].replace("\n", " "),
         "",
         f"Command: `python bench/lars_saturation.py --steps {opts.steps} --every {opts.every} --seed {opts.seed}`; "
-        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, one thread, {minutes:.1f} min for both runs. "
+        f"{describe()}, {minutes:.1f} min for both runs. "
         "Objective: LARS's log-density estimate (smoothed Z), TRS's exact bound, averaged over the step's batch.",
         "",
         "| step | LARS objective | LARS a(data) | LARS Z | LARS a>0.99 | LARS a<0.01 | TRS objective | TRS a(data) | TRS Z | TRS a>0.99 | TRS a<0.01 |",

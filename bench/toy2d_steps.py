@@ -38,16 +38,20 @@ CASES = [
 ]
 
 
+def _bare_setup(make):
+    """The bare loop's density (input checks off), Adam as the modules use it, and the target."""
+    density = make().density
+    density.validate_args = False
+    optimizer = torch.optim.Adam(density.parameters(), lr=3e-4, fused=True)
+    return density, optimizer, make_target("checkerboard")
+
+
 def bare_loop_seconds(make, steps: int, warmup: int, repeats: int, compiled: bool) -> list[float]:
     """Seconds per step of the training step written as a plain PyTorch loop (input checks off),
     optionally with ``torch.compile`` on the bound (compiled during the warm-up): one model,
     ``repeats`` timed windows of ``steps`` steps."""
-    module = make()
-    density = module.density
-    density.validate_args = False
+    density, optimizer, target = _bare_setup(make)
     bound_fn = torch.compile(density.bound_and_diagnostics) if compiled else density.bound_and_diagnostics
-    optimizer = torch.optim.Adam(density.parameters(), lr=3e-4, fused=True)  # as the modules use
-    target = make_target("checkerboard")
     update_z = getattr(density, "update_z_ema", None)
     marks = []
     for i in range(warmup + repeats * steps):
@@ -68,11 +72,7 @@ def bare_loop_seconds(make, steps: int, warmup: int, repeats: int, compiled: boo
 def breakdown_ms(make, steps: int, warmup: int) -> dict[str, float]:
     """Milliseconds per step spent drawing data, in the forward bound, in backward and in Adam,
     for the bare loop (timed phase by phase)."""
-    module = make()
-    density = module.density
-    density.validate_args = False
-    optimizer = torch.optim.Adam(density.parameters(), lr=3e-4, fused=True)
-    target = make_target("checkerboard")
+    density, optimizer, target = _bare_setup(make)
     totals = dict.fromkeys(("data", "forward", "backward", "adam"), 0.0)
     for i in range(warmup + steps):
         t0 = time.perf_counter()

@@ -25,8 +25,8 @@ from .eim_posterior_vae import EIMPosteriorVAE, NegativeLogJoint  # noqa: E402
 from .iwae import IWAE, LogImportanceWeight  # noqa: E402
 from .semi_implicit import SemiImplicit  # noqa: E402
 
-__all__ += ["Particles", "ConditionalNormal", "LinearGaussianModel", "EIMPosteriorVAE", "NegativeLogJoint", "IWAE", "LogImportanceWeight"]
-__all__ += ["SemiImplicit"]
+__all__ += ["Particles", "ConditionalNormal", "LinearGaussianModel", "EIMPosteriorVAE", "NegativeLogJoint", "IWAE", "LogImportanceWeight",
+            "SemiImplicit"]
 
 # sequential latent-variable models for FIVO / SMC (issue 5)
 from .sequential import SequentialModel  # noqa: E402
