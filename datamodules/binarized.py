@@ -9,9 +9,10 @@ Variants of :class:`BinarizedMNISTDataModule` (train / valid / test sizes):
 * ``"dynamic"``: grayscale MNIST (torchvision's, or IDX files, see :mod:`datamodules.idx`),
   re-binarized with fresh Bernoulli draws ``x ~ Bernoulli(pixel / 255)`` every epoch (through
   the training loader the noise is a pure function of (seed, epoch, image), so a resumed run
-  reads the same bits; see :class:`ImageDataset`); train = the first 50,000 of the 60,000 training images, valid = the last
-  10,000, test = the 10,000 test images. Valid and test are binarized once, with a generator
-  seeded by ``seed``, so every epoch and every run with that seed sees the same bits.
+  reads the same bits; see :class:`ImageDataset`); train = the first 50,000 of the 60,000
+  training images, valid = the last 10,000, test = the 10,000 test images. Valid and test are
+  binarized once, with a generator seeded by ``seed``, so every epoch and every run with that
+  seed sees the same bits.
 * ``"fashion"``: Fashion-MNIST, binarized like ``"dynamic"`` (as in the LARS and EIM papers).
   The authors' code has no validation split for Fashion-MNIST; this module holds out the last
   10,000 of the 60,000 training images as validation (train = the first 50,000), so its
@@ -116,7 +117,10 @@ class ImageDataset(Dataset):
 
     def _read(self, keys: list) -> Tensor:
         if keys and isinstance(keys[0], (tuple, list)):
-            epoch, index = torch.as_tensor(keys, dtype=torch.long).unbind(1)
+            pairs = torch.as_tensor(keys, dtype=torch.long)
+            if pairs.dim() != 2 or pairs.shape[1] != 2:
+                raise ValueError(f"keyed reads take (epoch, index) pairs, got {keys[0]!r}")
+            epoch, index = pairs.unbind(1)
             raw = self.images[index]
             batch = _transform(self.transform, raw, lambda: counter_uniform(self.seed, epoch, index, raw.shape[1]))
         else:

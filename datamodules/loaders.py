@@ -50,6 +50,10 @@ def counter_uniform(seed: int, epoch: Tensor, index: Tensor, width: int) -> Tens
     """Uniforms ``[N, width]`` on ``[0, 1)`` (float32, 24-bit grid), a pure function of
     ``(seed, epoch[n], index[n], column)``: row ``n`` is the splitmix64 stream whose state is
     keyed by (seed, epoch, index). Counter-based, so no generator state needs saving or replaying."""
+    if epoch.dim() != 1 or epoch.shape != index.shape:
+        raise ValueError(f"epoch and index must be 1-D of the same length, got {list(epoch.shape)} and {list(index.shape)}")
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be a positive integer, got {width!r}")
     seed_key = _mix64(torch.tensor(seed, dtype=torch.int64) * _GOLDEN + _GOLDEN)
     key = _mix64(_mix64(seed_key + epoch.long() * _GOLDEN) + index.long() * _GOLDEN)  # [N]
     counters = torch.arange(1, width + 1, dtype=torch.int64) * _GOLDEN  # [width]

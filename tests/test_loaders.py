@@ -1,8 +1,10 @@
 """Data-loader utilities: the counter-based uniforms that key per-read noise by (seed, epoch, index)."""
 
+import pytest
 import torch
 from scipy import stats
 
+from datamodules.binarized import ImageDataset
 from datamodules.loaders import EpochSeededRandomSampler, counter_uniform
 
 
@@ -61,3 +63,16 @@ def test_resumed_sampler_follows_the_trainers_epoch_and_skips_consumed_batches()
     uninterrupted = EpochSeededRandomSampler(data, seed=0, batch_size=16, tag_epoch=True)
     uninterrupted.set_epoch(1)
     assert list(resumed) == list(uninterrupted)[4 * 16 :]
+
+
+def test_bad_input_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"epoch and index must be 1-D of the same length, got \[3\] and \[2\]"):
+        counter_uniform(0, torch.zeros(3, dtype=torch.long), torch.arange(2), 4)
+    with pytest.raises(ValueError, match=r"epoch and index must be 1-D.*got \[2, 2\] and \[2, 2\]"):
+        counter_uniform(0, torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 2, dtype=torch.long), 4)
+    for width in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match=r"width must be a positive integer"):
+            counter_uniform(0, torch.zeros(2, dtype=torch.long), torch.arange(2), width)
+    dataset = ImageDataset(torch.zeros(5, 784, dtype=torch.uint8), [784], "binarize")
+    with pytest.raises(ValueError, match=r"keyed reads take \(epoch, index\) pairs, got \(0, 1, 2\)"):
+        dataset.__getitems__([(0, 1, 2)])
