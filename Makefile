@@ -18,11 +18,11 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/eim-demo
 
-## The whole test suite (8 minutes measured on 2 idle CPU cores, about 20 under load); CI runs exactly this.
+## The whole test suite (6-8 minutes measured on 2 idle CPU cores, about 20 under load); CI runs exactly this.
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-## The fast tier (about 3 minutes on 2 idle CPU cores).
+## The fast tier (under 2 minutes measured on 2 idle CPU cores).
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
