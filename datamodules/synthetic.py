@@ -1,10 +1,16 @@
 """A base for synthetic LightningDataModules: fresh training samples every step, fixed evaluation sets.
 
 A subclass only says how to draw ``n`` samples from a ``torch.Generator`` (:meth:`sample`: a
-tensor, or a tuple of tensors for paired data). Training batches are drawn in the main process
-from a generator seeded by (seed, process rank, global step), as in
+tensor, or a tuple of tensors for paired data). Training batches are drawn in the main process,
+batch ``i`` of the run from a generator seeded by (seed, process rank, i), as in
 :class:`~datamodules.toy2d.Toy2DDataModule`, so a resumed run sees exactly the batches of an
-uninterrupted one; validation and test sets are fixed by the seed.
+uninterrupted one; validation and test sets are fixed by the seed. Any Python int is a valid
+seed: the generator seed is reduced modulo 2**64 (seeds that fit unreduced keep their streams).
+
+Blocks: with ``steps_per_block = N > 1`` (set by eim-lightning's step engine at setup, see
+``eim_lightning.modules.engine``) the loader yields ``{"steps": [batch_i, ..., batch_{i+N-1}]}``,
+each batch drawn exactly as with N = 1, so that one Lightning batch feeds N optimiser steps.
+Blocks never straddle a multiple of N, so their ends fall on every multiple of N.
 """
 
 from __future__ import annotations
@@ -21,21 +27,42 @@ from .loaders import eval_loader, train_loader
 __all__ = ["SyntheticDataModule", "check_positive_ints"]
 
 
+def batch_seed(seed: int, rank: int, index: int) -> int:
+    """The generator seed of training batch ``index`` on process ``rank``: a 64-bit key of the three."""
+    return ((seed * 1_000_003 + rank) * 1_000_000_007 + index) % 2**64
+
+
 class _FreshSamples(IterableDataset):
     """``steps`` batches of ``source.sample(batch_size, generator)``, each from a generator seeded
-    by (seed, rank, global batch index), the index starting at the trainer's global step."""
+    by (seed, rank, run-wide batch index), the index starting where the run stands; grouped into
+    blocks of at most ``block`` batches that never straddle a multiple of ``block``."""
 
-    def __init__(self, source, batch_size: int, steps: int, seed: int, position: Callable[[], tuple[int, int]]):
+    def __init__(self, source, batch_size: int, steps: int, seed: int, block: int,
+                 position: Callable[[], tuple[int, int]]):
         self.source, self.batch_size, self.steps, self.seed, self.position = source, batch_size, steps, seed, position
+        self.block = block
 
-    def __iter__(self) -> Iterator[Tensor]:
+    def _batch(self, rank: int, i: int):
+        return self.source.sample(self.batch_size, torch.Generator().manual_seed(batch_seed(self.seed, rank, i)))
+
+    def __iter__(self) -> Iterator:
         start, rank = self.position()
-        for i in range(start, start + self.steps):
-            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + rank) * 1_000_000_007 + i)
-            yield self.source.sample(self.batch_size, gen)
+        end = start + self.steps
+        if self.block == 1:
+            for i in range(start, end):
+                yield self._batch(rank, i)
+            return
+        i = start
+        while i < end:
+            stop = min(end, (i // self.block + 1) * self.block)
+            yield {"steps": [self._batch(rank, j) for j in range(i, stop)]}
+            i = stop
 
     def __len__(self) -> int:
-        return self.steps
+        if self.block == 1:
+            return self.steps
+        start, _ = self.position()
+        return len(range(start // self.block, -(-(start + self.steps) // self.block)))
 
 
 def check_positive_ints(**values: int) -> None:
@@ -78,6 +105,8 @@ class SyntheticDataModule(L.LightningDataModule):
         self.batch_size, self.steps_per_epoch, self.seed = batch_size, steps_per_epoch, seed
         self.val_size, self.test_size, self.eval_batch_size = val_size, test_size, eval_batch_size
         self.drop_last_eval = drop_last_eval
+        #: optimiser steps per training batch (set by the model's step engine at setup)
+        self.steps_per_block = 1
         self._sets: dict[int, TensorDataset] = {}
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor | tuple[Tensor, ...]:
@@ -91,11 +120,16 @@ class SyntheticDataModule(L.LightningDataModule):
         return self._sets[stream]
 
     def _position(self) -> tuple[int, int]:
+        """(training batches the run has used, rank): optimiser steps, times the accumulation."""
         trainer = self.trainer
-        return (0, 0) if trainer is None else (trainer.global_step, trainer.global_rank)
+        if trainer is None:
+            return 0, 0
+        used = trainer.global_step * trainer.accumulate_grad_batches
+        return used, trainer.global_rank
 
     def train_dataloader(self) -> DataLoader:
-        data = _FreshSamples(self, self.batch_size, self.steps_per_epoch, self.seed, self._position)
+        data = _FreshSamples(self, self.batch_size, self.steps_per_epoch, self.seed, self.steps_per_block,
+                             self._position)
         return train_loader(data, batch_size=None, seed=self.seed, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:

@@ -13,6 +13,10 @@ Every ``every_n_steps`` training steps and at the end of training it renders, on
 
 and logs the strip to TensorBoard (``add_image``) and writes it as a PNG under ``output_dir``
 (default ``<log_dir>/images``). Images are made with torch and torchvision only.
+
+Both callbacks draw their samples inside Lightning's ``isolate_rng``: rendering an image (on
+rank 0 only) leaves every process's training random stream exactly where it was, so a run
+trains identically with or without them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
@@ -124,6 +129,7 @@ class DensityImageCallback(L.Callback):
             target_image = target_hist = torch.ones(3, g, g)
         return make_grid([target_image, model_image, target_hist, model_hist], nrow=4, padding=2, pad_value=1.0)
 
+    @isolate_rng()
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str) -> None:
         if not trainer.is_global_zero:
             return
@@ -213,6 +219,7 @@ class ImageSampleCallback(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.render(trainer, pl_module, "final")
 
+    @isolate_rng()
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str) -> None:
         if not trainer.is_global_zero:
             return

@@ -210,9 +210,9 @@ def test_non_finite_loss_leaves_the_last_good_checkpoint_intact(make_trainer, tm
 
     energy = _PoisonableEnergy()
 
-    class PoisonAt(L.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if trainer.global_step == 6:
+    class PoisonAt(L.Callback):  # after step 5's backward: step 6 is the first NaN loss
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            if trainer.global_step == 5:
                 energy.poison = True
 
     model = SNIS(energy=energy, num_proposals=4)

@@ -87,7 +87,7 @@ def test_training_batches_continue_from_the_global_step():
     """A resumed run (global step s) sees the batches an uninterrupted run sees at step s."""
 
     class FakeTrainer:
-        global_step, global_rank = 0, 0
+        global_step, global_rank, accumulate_grad_batches = 0, 0, 1
 
     dm = Toy2DDataModule("checkerboard", batch_size=8, steps_per_epoch=6)
     dm.trainer = FakeTrainer()

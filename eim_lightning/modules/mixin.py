@@ -5,7 +5,11 @@ what its density is (``self.density``, a layer-2 :class:`~eim_lightning.densitie
 The mixin owns everything else:
 
 * ``training_step``: ``bound, diagnostics = density.bound_and_diagnostics(x)``,
-  ``loss = -bound.mean()``; logs ``train/<bound_name>`` and ``train/<diagnostic>``;
+  ``loss = -bound.mean()``, run by the step engine (:mod:`.engine`: manual optimisation,
+  several optimiser steps per Lightning batch for generated data, the lean fused
+  :class:`eim_lightning.optim.Adam`); logs ``train/<bound_name>`` (the last step's batch mean;
+  the epoch value averages every example of every step) and, on the steps whose logs are
+  written, ``train/<diagnostic>`` of that very step;
 * ``validation_step`` / ``test_step``: ``density.log_prob_lower_bound(x, num_samples)``
   with ``num_val_samples`` / ``num_test_samples`` replicas (the paper: 1000 at test), logged as
   ``val/<bound_name>`` / ``test/<bound_name>`` through torchmetrics ``MeanMetric`` so the value
@@ -15,17 +19,16 @@ The mixin owns everything else:
   which the learning rate is multiplied by ``lr_gamma`` (the paper: ÷3 after 1e6 steps);
 * input checks: a batch is a tensor ``[B, *event]`` or a tuple/list whose first element is;
   wrong shapes, dtypes and NaN/Inf raise a clear error (``validate_inputs``; one host sync per
-  step), a non-finite loss stops training with the step and quantity named
-  (``check_finite_every_n_steps``; one host sync per checked step, 0 disables);
+  step), a non-finite loss stops training with the first bad step named
+  (``check_finite_every_n_steps``; one host sync per Lightning batch, 0 disables), before any
+  later checkpoint, validation or image;
 * ``setup``: checks that a datamodule's ``event_shape`` matches the model's and copies its
   ``data_mean`` into the density's ``data_mean`` buffer (energies see centred input), and
   passes it to every submodule with an ``initialize_from_data(mean)`` method (a VAE, also as
   an EIM's proposal: encoder centring and, once, the decoder's output bias).
 
-* randomness: the random-number state of every process is saved in checkpoints and restored
-  when training resumes (so a resumed run draws the same negatives as an uninterrupted one),
-  and validation runs on a side stream (the training stream is restored after it), so the
-  training trajectory does not depend on how often it is validated;
+* randomness (:mod:`.randomness`): exact resume, evaluation isolated from the training
+  stream, one stream per process;
 * LARS state: for every :class:`~eim_lightning.densities.LARS` inside the module (the model
   itself, a VAE's prior, ...) it updates the moving-average Z after each optimiser step and
   re-estimates Z at the start of validation (``num_z_val_samples``) and test
@@ -47,6 +50,9 @@ from torchmetrics import MeanMetric
 from ..densities import LARS, Density, Normal
 from ..densities.base import check_positive_int
 from ..nn import MLP
+from ..optim import Adam
+from .engine import StepEngineMixin
+from .randomness import RandomStateMixin
 
 __all__ = ["BoundEstimatorMixin", "default_proposal", "default_mlp", "resolve_density"]
 
@@ -73,7 +79,7 @@ def resolve_density(density: Density | None, parts: dict[str, object], build) ->
     return density
 
 
-class BoundEstimatorMixin:
+class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
     """Training/validation/test logic for any module whose ``self.density`` has a bound.
 
     Mix in *before* ``LightningModule``: ``class MyEIM(BoundEstimatorMixin, L.LightningModule)``;
@@ -88,6 +94,8 @@ class BoundEstimatorMixin:
         num_test_samples: replicas per example at test (1000, as in the paper).
         validate_inputs: check batch shapes, dtypes and finiteness (one host sync a step).
         check_finite_every_n_steps: raise if the loss is not finite, every n steps (0: never).
+        steps_per_block: optimiser steps per Lightning batch for generated data (None: automatic;
+            see :mod:`eim_lightning.modules.engine`).
     """
 
     bound_name: str = "bound"
@@ -136,6 +144,8 @@ class BoundEstimatorMixin:
         trainer = getattr(self, "_trainer", None)
         dm = getattr(trainer, "datamodule", None) if trainer is not None else None
         self.density.validate_args = self.validate_inputs
+        self.separate_rank_streams(stage)
+        self.configure_step_engine(stage)
         if dm is None:
             return
         shape = getattr(dm, "event_shape", None)
@@ -171,25 +181,68 @@ class BoundEstimatorMixin:
         """The per-example evaluation bound ``[B]`` of a batch with ``num_samples`` replicas."""
         return self.density.log_prob_lower_bound(self.unpack_batch(batch), num_samples=num_samples)
 
-    def _logging_step(self) -> bool:
+    def _logs_after_this_step(self) -> bool:
+        """Whether Lightning writes the training logs after the optimiser step about to run."""
         trainer = self.trainer
-        return trainer.global_step % max(1, trainer.log_every_n_steps) == 0
+        every = trainer.log_every_n_steps
+        if not every:
+            return False
+        if self.automatic_optimization:
+            done = trainer.fit_loop.epoch_loop._batches_that_stepped + 1
+        else:
+            done = trainer.global_step + 1
+        return done % every == 0
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
+    def step_loss(self, batch, last: bool = True) -> tuple[Tensor, Tensor, dict[str, Tensor] | None]:
+        """One optimiser step's ``(loss, bound, diagnostics)``; diagnostics only when they will be
+        logged (the last step of a Lightning batch whose logs are written), else None."""
         bound, diagnostics = self.training_bound(batch)
         loss = -bound.mean()
-        n = self.check_finite_every_n_steps
-        if n and self.global_step % n == 0 and not bool(torch.isfinite(loss)):
-            raise FloatingPointError(
-                f"{type(self).__name__}: non-finite training loss at global step {self.global_step} "
-                f"(train/{self.bound_name} = {(-loss).item()}); the last checkpoint is left untouched"
-            )
-        self.train_metric(bound.detach())
+        return loss, bound, diagnostics if last and self._logs_after_this_step() else None
+
+    def training_step(self, batch, batch_idx: int) -> Tensor | None:
+        if self.automatic_optimization:
+            loss, bound, diagnostics = self.step_loss(batch)
+            results = [(loss, bound, diagnostics)]
+        else:
+            results = self.run_block(batch)
+            if not results:
+                return None
+        self._check_finite(results)
+        bounds = [bound for _, bound, _ in results]
+        if len(bounds) > 1:
+            self.train_metric.update(torch.cat(bounds[:-1]))
+        self.train_metric(bounds[-1])
         self.log(f"train/{self.bound_name}", self.train_metric, on_step=True, on_epoch=True, prog_bar=True)
-        if self._logging_step():
-            for name, value in diagnostics.items():
-                self.log(f"train/{name}", value.detach().float().mean(), on_step=True, on_epoch=False)
-        return loss
+        diagnostics = results[-1][2]
+        for name, value in (diagnostics or {}).items():
+            self.log(f"train/{name}", value.detach().float().mean(), on_step=True, on_epoch=False)
+        return results[-1][0] if self.automatic_optimization else None
+
+    def nonfinite_guard(self, loss: Tensor) -> Tensor | None:
+        """For a checked step: a flag that makes the optimiser skip a non-finite step on device."""
+        n = self.check_finite_every_n_steps
+        if not n or self.global_step % n:
+            return None
+        return (~torch.isfinite(loss.detach())).float()
+
+    def _check_finite(self, results) -> None:
+        """Raise, naming the first checked step whose loss is not finite (one host sync)."""
+        n = self.check_finite_every_n_steps
+        if not n:
+            return
+        first_step = self.global_step - (0 if self.automatic_optimization else len(results))
+        checked = [i for i in range(len(results)) if (first_step + i) % n == 0]
+        if not checked:
+            return
+        finite = torch.stack([torch.isfinite(results[i][0]) for i in checked])
+        if bool(finite.all()):
+            return
+        i = checked[int((~finite).nonzero()[0, 0])]
+        raise FloatingPointError(
+            f"{type(self).__name__}: non-finite training loss at global step {first_step + i} "
+            f"(train/{self.bound_name} = {(-results[i][0]).item()}); the last checkpoint is left untouched"
+        )
 
     def _eval_step(self, batch, metric: MeanMetric, stage: str, num_samples: int) -> None:
         metric.update(self.evaluation_bound(batch, num_samples))
@@ -209,10 +262,16 @@ class BoundEstimatorMixin:
     def _mean_over_processes(self, value: Tensor) -> Tensor:
         return self.trainer.strategy.reduce(value, reduce_op="mean")
 
-    def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
-        for lars in self._lars_densities():
+    def after_optimizer_step(self) -> None:
+        """After every optimiser step: LARS's moving-average Z."""
+        lars_list = getattr(self, "_lars_in_fit", None)
+        for lars in self._lars_densities() if lars_list is None else lars_list:
             lars.update_z_ema(self._mean_over_processes)
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        # Lightning's automatic optimisation (see .engine): the engine calls after_optimizer_step itself
+        super().optimizer_step(*args, **kwargs)
+        self.after_optimizer_step()
 
     def _estimate_lars_z(self, stage: str) -> None:
         for lars in self._lars_densities():
@@ -220,23 +279,15 @@ class BoundEstimatorMixin:
             z = lars.estimate_z(n)
             lars.z_eval.copy_(self._mean_over_processes(z.to(lars.z_eval.dtype)))
 
-    # -- randomness: exact resume, and evaluation that does not perturb training -----------------
+    # -- hooks ----------------------------------------------------------------------------------
 
-    def _rng_state(self) -> dict:
-        state = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available() and self.device.type == "cuda":
-            state["cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
+    def on_fit_start(self) -> None:
+        self.collect_step_hooks()
+        self._lars_in_fit = self._lars_densities()
 
-    def _set_rng_state(self, state: dict) -> None:
-        torch.set_rng_state(state["torch"])
-        if "cuda" in state and torch.cuda.is_available() and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda"], self.device)
-
-    def on_validation_start(self) -> None:
-        # validation draws its own negatives (and its DataLoader draws a seed); put the training
-        # stream back afterwards so that training is the same however often it is validated
-        self._rng_before_validation = self._rng_state()
+    def on_train_start(self) -> None:
+        self.restore_rng_on_train_start()
+        self.align_validation_to_blocks()
 
     def on_validation_epoch_start(self) -> None:
         # re-create the metric state in this loop's grad mode: a previous trainer.validate() ran
@@ -244,48 +295,20 @@ class BoundEstimatorMixin:
         self.val_metric.reset()
         self._estimate_lars_z("val")
 
-    def on_validation_end(self) -> None:
-        saved = getattr(self, "_rng_before_validation", None)
-        if saved is not None:
-            self._set_rng_state(saved)
-            self._rng_before_validation = None
-
     def on_test_epoch_start(self) -> None:
         self.test_metric.reset()
         self._estimate_lars_z("test")
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Save every process's random-number state, so a resumed run draws the same negatives."""
-        state = self._rng_state()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            states: list = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(states, state)
-        else:
-            states = [state]
-        checkpoint["eim_rng_states"] = states
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        states = checkpoint.get("eim_rng_states")
-        rank = self.trainer.global_rank if self._trainer is not None else 0
-        # restored when training (re)starts, after Lightning's sanity-check validation
-        self._rng_to_restore = states[rank] if states and rank < len(states) else None
-
-    def on_train_start(self) -> None:
-        state = getattr(self, "_rng_to_restore", None)
-        if state is not None:
-            self._set_rng_state(state)
-            self._rng_to_restore = None
-
     # -- optimisation -------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        # the fused implementation is one kernel for all parameters: measured 15 % faster per 2-D
-        # training step on CPU (bench/toy2d_steps.py); fall back where it is unsupported
+        # one fused kernel for all parameters, called without torch.optim's per-step Python
+        # (eim_lightning.optim.Adam); plain Adam where the device has no fused kernel
         params = [p for p in self.parameters() if p.requires_grad]
         try:
-            optimizer = torch.optim.Adam(params, lr=self.lr, fused=True)
+            optimizer = Adam(params, lr=self.lr, fused=True)
         except (RuntimeError, TypeError, ValueError):
-            optimizer = torch.optim.Adam(params, lr=self.lr)
+            optimizer = Adam(params, lr=self.lr, fused=False)
         if not self.lr_milestones:
             return optimizer
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, self.lr_milestones, gamma=self.lr_gamma)

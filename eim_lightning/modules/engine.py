@@ -1,0 +1,223 @@
+r"""Layer 3: the training-step engine every eim-lightning module shares.
+
+A 2-D EIM's optimiser step is a few hundred microseconds of arithmetic; Lightning's automatic
+optimisation (closure, hooks, progress tracking, logging) costs several times that per batch.
+The engine therefore runs **several optimiser steps per Lightning batch** where the data allow
+it, under manual optimisation, and pays Lightning's per-batch cost once per *block*:
+
+* a datamodule that generates its data (``datamodules.SyntheticDataModule``: the 2-D targets,
+  the synthetic sets) has a ``steps_per_block`` attribute; at ``setup("fit")`` the engine sets
+  it to N and the datamodule yields ``{"steps": [batch_0, ..., batch_{N-1}]}`` blocks, each
+  step's batch keyed by its own global step exactly as with N = 1;
+* N (``steps_per_block``; default ``None`` = automatic) divides every interval Lightning counts
+  in batches: ``log_every_n_steps``, an integer ``val_check_interval``, the datamodule's
+  ``steps_per_epoch`` and the callbacks' ``every_n_train_steps`` / ``every_n_steps``. The
+  automatic choice is the largest divisor of their greatest common divisor up to
+  :data:`MAX_STEPS_PER_BLOCK`; an explicit N that does not divide one of them raises at setup,
+  naming it;
+* every step inside a block is a full optimiser step: ``global_step`` counts optimiser steps at
+  every hook, the block is cut short at ``max_steps``, logs are written at the same steps and
+  under the same step numbers as with N = 1, validation runs after the same steps, and the
+  ``on_before_backward`` / ``on_after_backward`` / ``on_before_optimizer_step`` hooks of the
+  module and of every callback run at every step; ``on_train_batch_start/end`` run once a block;
+* a non-finite loss or a bad input stops training at the end of the block, before any
+  checkpoint, validation or image, naming the first bad step (one host sync per block);
+* on the CPU, N = 1 and N = 8 give bit-identical parameters (tested).
+
+A user's own DataLoader takes the same manual path with N = 1. Lightning's automatic
+optimisation (the closure path, N = 1) is used instead where manual optimisation cannot honour a
+setting: gradient clipping (``gradient_clip_val``), gradient accumulation
+(``accumulate_grad_batches``), several processes (DDP: every step's gradients averaged by
+Lightning), and mixed precision with a gradient scaler (``16-mixed``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch import Tensor
+
+__all__ = ["StepEngineMixin", "MAX_STEPS_PER_BLOCK", "block_steps", "choose_steps_per_block"]
+
+#: the largest block the automatic choice takes (Lightning's per-batch cost is then < 1/50 a step)
+MAX_STEPS_PER_BLOCK = 50
+
+_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+
+
+def block_steps(batch) -> list:
+    """The per-step batches of a Lightning batch: a ``{"steps": [...]}`` block, else ``[batch]``."""
+    if isinstance(batch, dict) and "steps" in batch:
+        return list(batch["steps"])
+    return [batch]
+
+
+def _step_intervals(trainer: L.Trainer, datamodule) -> dict[str, int]:
+    """Every setting Lightning counts in batches that is given in optimiser steps."""
+    intervals = {"log_every_n_steps": trainer.log_every_n_steps}
+    if isinstance(trainer.val_check_interval, int):
+        intervals["val_check_interval"] = trainer.val_check_interval
+    intervals[f"{type(datamodule).__name__}.steps_per_epoch"] = getattr(datamodule, "steps_per_epoch", 0)
+    for callback in trainer.callbacks:
+        for attr in ("_every_n_train_steps", "every_n_steps"):
+            value = getattr(callback, attr, None)
+            if isinstance(value, int) and value > 0:
+                intervals[f"{type(callback).__name__}.{attr.lstrip('_')}"] = value
+    return {k: int(v) for k, v in intervals.items() if v}
+
+
+def choose_steps_per_block(requested: int | None, trainer: L.Trainer, datamodule) -> int:
+    """N for this fit: ``requested`` checked against the step intervals, or the automatic choice."""
+    fractional = not isinstance(trainer.val_check_interval, int) and trainer.val_check_interval != 1.0
+    limited = isinstance(trainer.limit_train_batches, int)
+    intervals = _step_intervals(trainer, datamodule)
+    if requested is None:
+        if fractional or limited:
+            return 1
+        g = 0
+        for value in intervals.values():
+            g = math.gcd(g, value)
+        g = g or MAX_STEPS_PER_BLOCK
+        return max(d for d in range(1, MAX_STEPS_PER_BLOCK + 1) if g % d == 0)
+    if requested == 1:
+        return 1
+    if fractional:
+        raise ValueError(f"steps_per_block={requested} needs an integer val_check_interval (in steps), "
+                         f"got {trainer.val_check_interval}")
+    if limited:
+        raise ValueError(f"steps_per_block={requested}: Trainer(limit_train_batches={trainer.limit_train_batches}) "
+                         f"counts batches, not steps; use max_steps (or steps_per_block=1)")
+    for name, value in intervals.items():
+        if value % requested:
+            raise ValueError(f"steps_per_block={requested} must divide {name}={value} (Lightning counts it in "
+                             f"batches of {requested} optimiser steps); change one of them or leave "
+                             f"steps_per_block=None to choose automatically")
+    return requested
+
+
+def _overrides(obj, hook: str, base) -> bool:
+    return getattr(type(obj), hook, None) is not getattr(base, hook, None)
+
+
+class StepEngineMixin:
+    """Manual-optimisation training loop with several optimiser steps per Lightning batch.
+
+    The module provides ``step_loss(batch, last) -> (loss, bound, diagnostics_or_None)`` for one
+    optimiser step, ``nonfinite_guard(loss)`` (a 0-d flag tensor, nonzero to skip the step, or
+    None) and ``after_optimizer_step()``; the engine does the rest.
+
+    Args:
+        steps_per_block: optimiser steps per Lightning batch for generated data (None: automatic).
+    """
+
+    def __init__(self, steps_per_block: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if steps_per_block is not None and (isinstance(steps_per_block, bool) or not isinstance(steps_per_block, int)
+                                            or steps_per_block < 1):
+            raise ValueError(f"steps_per_block must be None (automatic) or an integer >= 1, got {steps_per_block!r}")
+        self.steps_per_block = steps_per_block
+        self._block_size = 1
+        self._step_hooks: list = []
+        self._user_automatic_optimization: bool | None = None
+
+    # -- which loop -----------------------------------------------------------------------------
+
+    @property
+    def automatic_optimization(self) -> bool:
+        """False (the engine) unless a trainer setting needs Lightning's closure loop (see the module doc)."""
+        if self._user_automatic_optimization is not None:
+            return self._user_automatic_optimization
+        trainer = self._trainer
+        if trainer is None:
+            return False
+        clip = trainer.gradient_clip_val
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        return bool((clip is not None and clip > 0) or trainer.accumulate_grad_batches != 1
+                    or trainer.world_size > 1 or scaler is not None)
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool) -> None:
+        self._user_automatic_optimization = value
+
+    def configure_step_engine(self, stage: str) -> None:
+        """At ``setup``: choose N and hand it to a datamodule that generates blocks."""
+        if stage != "fit":
+            return
+        trainer = self._trainer
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        if dm is None or not hasattr(dm, "steps_per_block"):
+            self._block_size = 1
+            return
+        if self.automatic_optimization:
+            if self.steps_per_block not in (None, 1):
+                raise ValueError(f"steps_per_block={self.steps_per_block} needs manual optimisation, which this "
+                                 f"trainer's settings rule out (gradient clipping, accumulation, several "
+                                 f"processes or a gradient scaler); use steps_per_block=1")
+            self._block_size = 1
+        else:
+            self._block_size = choose_steps_per_block(self.steps_per_block, trainer, dm)
+        dm.steps_per_block = self._block_size
+
+    def collect_step_hooks(self) -> None:
+        """At ``on_fit_start``: the per-step hooks to run."""
+        # the hooks Lightning's manual_backward / LightningOptimizer.step would run, found once
+        trainer = self.trainer
+        self._step_hooks = []
+        for hook in _STEP_HOOKS:
+            owners = [cb for cb in trainer.callbacks if _overrides(cb, hook, L.Callback)]
+            if _overrides(self, hook, L.LightningModule):
+                owners.append(self)
+            self._step_hooks.extend((hook, owner) for owner in owners)
+
+    def align_validation_to_blocks(self) -> None:
+        """At ``on_train_start``: ``val_check_interval`` steps are ``val_check_interval / N`` batches."""
+        # Lightning counts val_check_interval in batches: one batch is a block of N steps
+        trainer = self.trainer
+        if self._block_size > 1 and isinstance(trainer.val_check_interval, int):
+            trainer.val_check_batch = trainer.val_check_interval // self._block_size
+
+    # -- one block --------------------------------------------------------------------------------
+
+    def _run_hooks(self, name: str, *args) -> None:
+        for hook, owner in self._step_hooks:
+            if hook == name:
+                if owner is self:
+                    getattr(owner, hook)(*args)
+                else:
+                    getattr(owner, hook)(self.trainer, self, *args)
+
+    def run_block(self, batch) -> list[tuple[Tensor, Tensor, dict | None]]:
+        """Run the optimiser steps of one Lightning batch; returns each step's (loss, bound, diagnostics)."""
+        trainer = self.trainer
+        steps = block_steps(batch)
+        if trainer.max_steps >= 0:
+            steps = steps[: max(0, trainer.max_steps - trainer.global_step)]
+        wrapper = self.optimizers()
+        optimizer = wrapper.optimizer
+        schedulers = self.lr_schedulers()
+        schedulers = [] if schedulers is None else schedulers if isinstance(schedulers, list) else [schedulers]
+        out = []
+        for i, step_batch in enumerate(steps):
+            loss, bound, diagnostics = self.step_loss(step_batch, last=i == len(steps) - 1)
+            optimizer.zero_grad(set_to_none=True)
+            self._run_hooks("on_before_backward", loss)
+            loss.backward()
+            self._run_hooks("on_after_backward")
+            wrapper._on_before_step()
+            self._run_hooks("on_before_optimizer_step", optimizer)
+            guard = self.nonfinite_guard(loss)
+            if guard is not None and hasattr(optimizer, "step_unless"):
+                optimizer.step_unless(guard)
+            else:
+                optimizer.step()
+            wrapper._on_after_step()
+            for scheduler in schedulers:
+                scheduler.step()
+            self.after_optimizer_step()
+            out.append((loss.detach(), bound.detach(), diagnostics))
+        if len(out) > 1:
+            # Lightning adds 1 per batch; loggers and log_every_n_steps then count optimiser steps
+            trainer.fit_loop.epoch_loop._batches_that_stepped += len(out) - 1
+        return out
