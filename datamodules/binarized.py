@@ -39,7 +39,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from .idx import _cache_key, load_mnist_images, read_bytes
-from .loaders import counter_uniform, eval_loader, train_loader
+from .loaders import counter_uniform, eval_loader, seed64, train_loader
 
 __all__ = [
     "BinarizedMNISTDataModule",
@@ -310,7 +310,7 @@ class ImageDataModule(L.LightningDataModule):
                 self._datasets[split] = ImageDataset(raw, self.event_shape, self.train_transform, self.seed)
             else:
                 stream = {"valid": 1, "test": 2}[split]
-                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + stream)
+                gen = torch.Generator().manual_seed(seed64(self.seed * 1_000_003 + stream))
                 fixed = _transform(self.eval_transform, raw, lambda: torch.rand(raw.shape, generator=gen))
                 if self.eval_transform == "binarize":
                     fixed = fixed.to(torch.uint8)  # 4x less memory; read back as float32

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .loaders import seed64
 from .synthetic import SyntheticDataModule, check_positive_ints
 
 __all__ = ["LinearGaussianDataModule"]
@@ -37,7 +38,7 @@ class LinearGaussianDataModule(SyntheticDataModule):
             raise ValueError(f"noise_scale must be > 0, got {noise_scale}")
         self.save_hyperparameters()
         self.latent_dim, self.noise_scale = latent_dim, float(noise_scale)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 7)
+        gen = torch.Generator().manual_seed(seed64(self.seed * 1_000_003 + 7))
         self.weight = torch.randn(data_dim, latent_dim, generator=gen)
         self.bias = torch.randn(data_dim, generator=gen)
 

@@ -27,11 +27,16 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["EpochSeededRandomSampler", "counter_uniform", "train_loader", "eval_loader"]
+__all__ = ["EpochSeededRandomSampler", "counter_uniform", "seed64", "train_loader", "eval_loader"]
 
 _GOLDEN = 0x9E3779B97F4A7C15 - 2**64  # splitmix64's increment, as a signed int64
 _MIX1 = 0xBF58476D1CE4E5B9 - 2**64
 _MIX2 = 0x94D049BB133111EB - 2**64
+
+
+def seed64(value: int) -> int:
+    """Any Python int as a generator seed: ``value mod 2**64`` (values that fit keep their seeds)."""
+    return int(value) % 2**64
 
 
 def _shr(z: Tensor, s: int) -> Tensor:
@@ -54,7 +59,8 @@ def counter_uniform(seed: int, epoch: Tensor, index: Tensor, width: int) -> Tens
         raise ValueError(f"epoch and index must be 1-D of the same length, got {list(epoch.shape)} and {list(index.shape)}")
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ValueError(f"width must be a positive integer, got {width!r}")
-    seed_key = _mix64(torch.tensor(seed, dtype=torch.int64) * _GOLDEN + _GOLDEN)
+    signed = (seed64(seed) ^ 2**63) - 2**63  # the same int64 for every seed that fitted before
+    seed_key = _mix64(torch.tensor(signed, dtype=torch.int64) * _GOLDEN + _GOLDEN)
     key = _mix64(_mix64(seed_key + epoch.long() * _GOLDEN) + index.long() * _GOLDEN)  # [N]
     counters = torch.arange(1, width + 1, dtype=torch.int64) * _GOLDEN  # [width]
     return _shr(_mix64(key[:, None] + counters), 40).float() * 2.0**-24
@@ -94,7 +100,7 @@ class EpochSeededRandomSampler(Sampler):
 
     def __iter__(self) -> Iterator[int | tuple[int, int]]:
         epoch = self.current_epoch()
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        gen = torch.Generator().manual_seed(seed64(self.seed * 1_000_003 + epoch))
         order = torch.randperm(self.n, generator=gen)[self.batches_done() * self.batch_size :].tolist()
         if self.tag_epoch:
             return iter([(epoch, i) for i in order])
@@ -112,7 +118,7 @@ def train_loader(
     receives ``(epoch, index)`` pairs (see :func:`counter_uniform`)."""
     tag = getattr(dataset, "epoch_keyed", False)
     sampler = EpochSeededRandomSampler(dataset, seed, batch_size or 1, trainer, tag_epoch=tag) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=torch.Generator().manual_seed(seed), **kwargs)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=torch.Generator().manual_seed(seed64(seed)), **kwargs)
 
 
 def eval_loader(dataset: Dataset, batch_size: int, trainer=None, **kwargs) -> DataLoader:

@@ -22,14 +22,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from .loaders import eval_loader, train_loader
+from .loaders import eval_loader, seed64, train_loader
 
 __all__ = ["SyntheticDataModule", "check_positive_ints"]
 
 
 def batch_seed(seed: int, rank: int, index: int) -> int:
     """The generator seed of training batch ``index`` on process ``rank``: a 64-bit key of the three."""
-    return ((seed * 1_000_003 + rank) * 1_000_000_007 + index) % 2**64
+    return seed64((seed * 1_000_003 + rank) * 1_000_000_007 + index)
 
 
 class _FreshSamples(IterableDataset):
@@ -115,7 +115,7 @@ class SyntheticDataModule(L.LightningDataModule):
 
     def _fixed(self, n: int, stream: int) -> TensorDataset:
         if stream not in self._sets:
-            out = self.sample(n, torch.Generator().manual_seed(self.seed * 1_000_003 + stream))
+            out = self.sample(n, torch.Generator().manual_seed(seed64(self.seed * 1_000_003 + stream)))
             self._sets[stream] = TensorDataset(*(out if isinstance(out, tuple) else (out,)))
         return self._sets[stream]
 
