@@ -167,9 +167,10 @@ class Density(nn.Module):
         )
 
     def bound_and_diagnostics(
-        self, x: Tensor, context: Tensor | None = None
+        self, x: Tensor, context: Tensor | None = None, diagnostics: bool = True
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """The one-sample training bound ``[B]`` and a dict of diagnostic tensors."""
+        """The one-sample training bound ``[B]`` and a dict of diagnostic tensors (empty, and
+        not computed, with ``diagnostics=False``: training asks for them only on logging steps)."""
         return self.log_prob_lower_bound(x, 1, context), {}
 
     def sample(self, n: int, context: Tensor | None = None) -> Tensor:

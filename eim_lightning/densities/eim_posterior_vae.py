@@ -94,14 +94,14 @@ class EIMPosteriorVAE(Density):
             raise ValueError(f"{type(self).__name__} is unconditional: the data is the posterior's context")
         return self._replicas_and_weights(x, num_replicas)[0]
 
-    def bound_and_diagnostics(self, x: Tensor, context: Tensor | None = None):
+    def bound_and_diagnostics(self, x: Tensor, context: Tensor | None = None, diagnostics: bool = True):
         """Training bound ``[B]``; with several particles, the ESS ``1 / sum_m s_m^2`` of their weights."""
         self.check_input(x, context)
         if context is not None:
             raise ValueError(f"{type(self).__name__} is unconditional: the data is the posterior's context")
         bound, s = self._replicas_and_weights(x, 1)
         diagnostics = {}
-        if s.shape[0] > 1:
+        if diagnostics and s.shape[0] > 1:
             diagnostics["posterior_ess"] = (1.0 / s.detach().square().sum(0)).mean()
         return bound[0], diagnostics
 

@@ -156,9 +156,11 @@ class HIS(Density):
         x0, rho0 = leapfrog_reverse(xT, rhoT, grad, self.step_size, self.alphas)
         return self._log_weight(x0, rho0, xT, rhoT, context)
 
-    def bound_and_diagnostics(self, x: Tensor, context: Tensor | None = None):
+    def bound_and_diagnostics(self, x: Tensor, context: Tensor | None = None, diagnostics: bool = True):
         """Training bound ``[B]``; diagnostics: mean step size and the tempering product."""
         bound = self.log_prob_lower_bound(x, 1, context)
+        if not diagnostics:
+            return bound, {}
         with torch.no_grad():
             diag = {"step_size": self.step_size.mean(), "alpha_product": self.alphas.prod()}
         return bound, diag

@@ -119,7 +119,7 @@ class IWAE(Density):
         value = log_mean_exp(log_w.detach(), dim=0)
         return (value + (surrogate - surrogate.detach()))[0], weights
 
-    def bound_and_diagnostics(self, x: Tensor, context: Tensor | None = None):
+    def bound_and_diagnostics(self, x: Tensor, context: Tensor | None = None, diagnostics: bool = True):
         """Training bound ``[B]`` (its gradient is DReG's with ``gradient_estimator="dreg"``) and
         the effective sample size ``1 / sum_k wt_k^2`` of the normalised weights."""
         self.check_input(x, context)
@@ -131,7 +131,7 @@ class IWAE(Density):
             _, log_w = self.log_weights(x, 1)
             bound = log_mean_exp(log_w, dim=0)[0]
             weights = torch.softmax(as_float32_or_wider(log_w.detach()), dim=0)
-        return bound, {"ess": (1.0 / weights.square().sum(0)).mean()}
+        return bound, {"ess": (1.0 / weights.square().sum(0)).mean()} if diagnostics else {}
 
     def as_snis_posterior(self) -> EIMPosteriorVAE:
         """The same bound read as an EIM: the model with an SNIS posterior (proposal q0, energy

@@ -175,10 +175,12 @@ class LARS(Density):
         z = self.training_z() if self.training else self.evaluation_z()
         return self.log_prob_given_z(x, z.to(x.dtype), num_replicas)
 
-    def bound_and_diagnostics(self, x: Tensor, context: Tensor | None = None):
+    def bound_and_diagnostics(self, x: Tensor, context: Tensor | None = None, diagnostics: bool = True):
         """Training log-density *estimate* ``[B]``; diagnostics: the smoothed Z and Z_ema."""
         self.check_input(x, context)
         estimate = self.log_prob_replicas(x, 1, context)[0]
+        if not diagnostics:
+            return estimate, {}
         diag = {"z": self._pending_z_s if self._pending_z_s is not None else self.z_eval, "z_ema": self.z_ema}
         return estimate, diag
 

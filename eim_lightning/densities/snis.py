@@ -94,6 +94,12 @@ class SNIS(Density):
 
     def _bound_terms(self, x: Tensor, num_replicas: int, context: Tensor | None):
         log_pi = self.proposal.log_prob_replicas(x, num_replicas, context)  # [m, B]
+        k1 = self.num_proposals - 1
+        if context is None and self.share_proposal_samples and k1 > 0:
+            # one pass of the energy over the data and the shared negatives
+            neg = self.proposal.rsample(k1 * num_replicas)
+            u = self.log_weight(torch.cat([x, neg.to(x.dtype)]))
+            return log_pi, u[: x.shape[0]], u[x.shape[0]:].reshape(k1, num_replicas, 1)
         u_x = self.log_weight(x, context)  # [B]
         u_neg = self._negatives(num_replicas, x.shape[0], context)
         return log_pi, u_x, u_neg
@@ -102,11 +108,14 @@ class SNIS(Density):
         log_pi, u_x, u_neg = self._bound_terms(x, num_replicas, context)
         return snis_lower_bound(log_pi, u_x, u_neg)
 
-    def bound_and_diagnostics(self, x: Tensor, context: Tensor | None = None):
-        """Training bound ``[B]`` and the effective sample size of the K normalised weights."""
+    def bound_and_diagnostics(self, x: Tensor, context: Tensor | None = None, diagnostics: bool = True):
+        """Training bound ``[B]`` and the effective sample size of the K normalised weights
+        (``diagnostics=False``: an empty dict, nothing computed)."""
         self.check_input(x, context)
         log_pi, u_x, u_neg = self._bound_terms(x, 1, context)
         bound = snis_lower_bound(log_pi, u_x, u_neg)[0]
+        if not diagnostics:
+            return bound, {}
         with torch.no_grad():
             # ESS = (sum_k w_k)^2 / sum_k w_k^2 over the K particles (data point + negatives)
             u_neg = u_neg[:, 0].float()

@@ -105,13 +105,13 @@ class TRS(Density):
 
     def _terms(self, x: Tensor, m: int, context: Tensor | None):
         log_pi = self.proposal.log_prob_replicas(x, m, context)  # [m, B]
-        log_a_x = logsigmoid(self.logit(x, context))  # [B]
-        if context is None:
+        if context is None:  # one pass of the network over the data and the proposal samples
             neg = self.proposal.rsample(self.T * m)
-            neg_logits = self.logit(neg).reshape(self.T, m, 1)
-        else:
-            neg = self.proposal.rsample(self.T * m, context)
-            neg_logits = self.logit(neg, context).reshape(self.T, m, x.shape[0])
+            logits = self.logit(torch.cat([x, neg.to(x.dtype)]))
+            return log_pi, logsigmoid(logits[: x.shape[0]]), logits[x.shape[0]:].reshape(self.T, m, 1)
+        log_a_x = logsigmoid(self.logit(x, context))  # [B]
+        neg = self.proposal.rsample(self.T * m, context)
+        neg_logits = self.logit(neg, context).reshape(self.T, m, x.shape[0])
         return log_pi, log_a_x, neg_logits
 
     def log_prob_replicas(self, x: Tensor, num_replicas: int, context: Tensor | None = None) -> Tensor:
@@ -119,13 +119,15 @@ class TRS(Density):
         mean_log1m_a = logsigmoid(-neg_logits).mean(0)
         return trs_lower_bound(log_pi, log_a_x, mean_log1m_a, self.logit_z, self.T, self.bound)
 
-    def bound_and_diagnostics(self, x: Tensor, context: Tensor | None = None):
+    def bound_and_diagnostics(self, x: Tensor, context: Tensor | None = None, diagnostics: bool = True):
         """Training bound ``[B]``; diagnostics: expected trials 1/Z_v, Z_v and the acceptance
-        rate of the proposal samples (a Monte Carlo estimate of Z)."""
+        rate of the proposal samples (a Monte Carlo estimate of Z); none with ``diagnostics=False``."""
         self.check_input(x, context)
         log_pi, log_a_x, neg_logits = self._terms(x, 1, context)
         mean_log1m_a = logsigmoid(-neg_logits).mean(0)
         bound = trs_lower_bound(log_pi, log_a_x, mean_log1m_a, self.logit_z, self.T, self.bound)[0]
+        if not diagnostics:
+            return bound, {}
         with torch.no_grad():
             zv = self.z_variational
             diag = {"expected_trials": 1.0 / zv, "z_variational": zv, "acceptance_rate": torch.sigmoid(neg_logits).mean()}

@@ -124,6 +124,7 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
         self.num_test_samples = check_positive_int("num_test_samples", num_test_samples)
         self.validate_inputs = validate_inputs
         self.check_finite_every_n_steps = check_positive_int("check_finite_every_n_steps", check_finite_every_n_steps, 0)
+        self._diagnostics_wanted = True
         self.train_metric = MeanMetric(nan_strategy="disable")
         self.val_metric = MeanMetric(nan_strategy="disable")
         self.test_metric = MeanMetric(nan_strategy="disable")
@@ -174,8 +175,9 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
         """The per-example training bound ``[B]`` and diagnostics of a batch.
 
         Override to train on something other than ``density.bound_and_diagnostics`` of the
-        batch's first tensor (e.g. pairs ``(x, c)``)."""
-        return self.density.bound_and_diagnostics(self.unpack_batch(batch))
+        batch's first tensor (e.g. pairs ``(x, c)``). ``self._diagnostics_wanted`` says whether
+        this step's diagnostics will be logged (the density may then skip computing them)."""
+        return self.density.bound_and_diagnostics(self.unpack_batch(batch), diagnostics=self._diagnostics_wanted)
 
     def evaluation_bound(self, batch, num_samples: int) -> Tensor:
         """The per-example evaluation bound ``[B]`` of a batch with ``num_samples`` replicas."""
@@ -196,9 +198,10 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
     def step_loss(self, batch, last: bool = True) -> tuple[Tensor, Tensor, dict[str, Tensor] | None]:
         """One optimiser step's ``(loss, bound, diagnostics)``; diagnostics only when they will be
         logged (the last step of a Lightning batch whose logs are written), else None."""
+        self._diagnostics_wanted = last and self._logs_after_this_step()
         bound, diagnostics = self.training_bound(batch)
         loss = -bound.mean()
-        return loss, bound, diagnostics if last and self._logs_after_this_step() else None
+        return loss, bound, diagnostics if self._diagnostics_wanted else None
 
     def training_step(self, batch, batch_idx: int) -> Tensor | None:
         if self.automatic_optimization:
