@@ -61,6 +61,16 @@ warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
+def code_commit() -> str:
+    """HEAD, with "-dirty" when the code or configs differ from it (not the docs, which runs write)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "eim_lightning", "datamodules", "configs", "bench")
+    return git("rev-parse", "--short", "HEAD") + ("-dirty" if dirty else "")
+
+
 class RunLog(Callback):
     """Saves the run to ``path`` every ``minutes`` and after the last step, and keeps, in that
     checkpoint (so a resumed run carries them on), the training ELBO as the authors log it (the
@@ -179,9 +189,8 @@ class Row:
                                    f"--data.init_args.test_size={self.opts.points}")
             record.update(single_replica_value=single["value"], single_replica_points=single["points"],
                           single_replica_batch=1000, single_replica_minutes=single["minutes"])
-        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True)
         date = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
-        record.update(machine=describe(), commit=commit.stdout.strip(), date=date, command=self.command)
+        record.update(machine=describe(), commit=code_commit(), date=date, command=self.command)
         return record
 
 
