@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench results clean
+.PHONY: setup demo test test-fast bench results reproduce clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,15 @@ bench: $(STAMP)
 
 results: $(STAMP)
 	$(PY) bench/toy2d_results.py --steps 20000 --jobs 2 --output docs/RESULTS.md
+
+## Train, evaluate and record rows of the results pages (hours per row; resumable: run it again after a kill).
+## ROWS: DATASET/ROW of configs/images/ or toy2d/ROW of configs/toy2d/; RUNS: run folders (~/.cache/eim-runs).
+ROWS ?= static_mnist/vae_gaussian_prior static_mnist/vae_snis_prior static_mnist/vae_trs_prior static_mnist/vae_lars_prior
+STEPS ?= 50000
+SEED ?= 0
+reproduce: $(STAMP)
+	$(PY) bench/reproduce.py $(ROWS) --steps $(STEPS) --seed $(SEED) $(if $(RUNS),--runs $(RUNS))
+	$(PY) bench/mnist_results.py
 
 clean:
 	rm -rf $(VENV) runs lightning_logs .pytest_cache

@@ -1,30 +1,20 @@
-"""Table 1 of the EIM paper, as far as this machine allows: train rows of configs/images/ for a
-fixed number of steps and report the 1000-sample test bound beside the papers' numbers.
+"""docs/RESULTS_IMAGES.md: Table 1 of the EIM paper, as far as this machine allows, from the records
+in ``docs/results_images.jsonl`` beside the papers' numbers.
 
-Each row runs in its own process (``--one DATASET ROW``): ``eim fit`` of the row's config with
-``--trainer.max_steps STEPS`` (everything else as in the config: Adam 3e-4, batch 128, the
-authors' sizes), then ``eim test`` on the first ``--test-subset`` test images (default all
-10,000) with ``num_test_samples`` = 1000 replicas (LARS: Z from the config's 1e8 / 1e6 proposal
-samples). Results are appended to ``docs/results_images.jsonl``; ``--report`` rewrites
-``docs/RESULTS_IMAGES.md`` from it.
+The records are written by ``bench/reproduce.py`` (``make reproduce ROWS=...``), which trains each
+row of ``configs/images/`` resumably and evaluates it; the records from before it (no ``seed`` or
+``command`` field) were written by this script's former ``--rows`` mode, the same protocol without
+resume (git history).
 
-    python bench/mnist_results.py --rows static_mnist/vae_gaussian_prior static_mnist/vae_snis_prior --steps 10000
-    python bench/mnist_results.py --report
+    python bench/mnist_results.py
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import subprocess
-import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
 JSONL = REPO / "docs" / "results_images.jsonl"
 REPORT = REPO / "docs" / "RESULTS_IMAGES.md"
 
@@ -43,95 +33,55 @@ PAPER = {
 }
 
 
-def strided_test_set(datamodule, every: int) -> None:
-    """Keep every ``every``-th test image (a spread-out subset: the first n are not representative,
-    static MNIST's first 2000 test images are ~25 nats easier than its last 2000)."""
-    from datamodules import ImageDataset
-
-    datamodule.setup("test")
-    full = datamodule.test_dataset
-    datamodule._datasets["test"] = ImageDataset(full.images[::every], full.event_shape, full.transform)
-
-
-def run_one(dataset: str, row: str, steps: int, test_subset: int | None, runs_dir: Path, data_root: str,
-            test_every: int = 1, test_only: str | None = None) -> dict:
-    import torch
-
-    torch.set_num_threads(1)
-    from machine import describe
-
-    from eim_lightning.cli import EIMCLI
-
-    config = REPO / "configs" / "images" / dataset / f"{row}.yaml"
-    common = [
-        "--config", str(config),
-        f"--trainer.logger.init_args.save_dir={runs_dir}",
-        "--trainer.enable_progress_bar=false",
-        f"--data.init_args.root={data_root}",
-    ]
-    if test_subset:
-        common.append(f"--data.init_args.test_subset={test_subset}")
-    fit = EIMCLI(args=[*common, f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={min(steps, 10_000)}"], run=False)
-    began = time.time()
-    if test_only is None:
-        fit.trainer.fit(fit.model, datamodule=fit.datamodule)
-    train_s = time.time() - began
-    name = fit.model.bound_name
-    val = fit.trainer.callback_metrics.get(f"val/{name}")
-    if test_every > 1:
-        strided_test_set(fit.datamodule, test_every)
-    began = time.time()
-    (result,) = fit.trainer.test(fit.model, datamodule=fit.datamodule, verbose=False, ckpt_path=test_only)
-    test_s = time.time() - began
-    if test_only is not None:
-        ckpt = __import__("torch").load(test_only, map_location="cpu", weights_only=False)
-        steps_done, train_s = ckpt["global_step"], float("nan")
-    return {
-        "dataset": dataset,
-        "row": row,
-        "steps": fit.trainer.global_step if test_only is None else steps_done,
-        "test_every": test_every,
-        "train_hours": train_s / 3600,
-        "test_minutes": test_s / 60,
-        "test_points": len(fit.datamodule.test_dataset),
-        "num_test_samples": fit.model.num_test_samples,
-        "metric": f"test/{name}",
-        "test_value": result[f"test/{name}"],
-        "last_val_elbo": None if val is None else float(val),
-        "log_dir": str(fit.trainer.log_dir),
-        "machine": describe(),
-        "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-    }
-
-
 def report() -> str:
     rows = [json.loads(line) for line in JSONL.read_text().splitlines() if line.strip()] if JSONL.exists() else []
-    rows.sort(key=lambda r: (r["dataset"], r.get("test_every", 1), r["row"], r["steps"]))
+    rows.sort(key=lambda r: (r["dataset"], r.get("test_every", 1), r["row"], r["steps"], r.get("seed", -1)))
     lines = [
         "# Image results (EIM paper Table 1, as far as 2 shared CPU cores allow)",
         "",
-        "Written by `python bench/mnist_results.py --report` from `docs/results_images.jsonl`; each row was",
-        "produced by `python bench/mnist_results.py --rows DATASET/ROW --steps N` (the row's config under",
-        "`configs/images/`, unchanged except `--trainer.max_steps`), one torch thread, while other jobs shared",
-        "the machine. Test: the 1000-replica IWAE bound (LARS rows: the log-likelihood *estimate* with Z from",
-        "1e8 latent / 1e6 pixel proposal samples) averaged over the test images; NLL = minus that.",
-        "Validation during training: the single-sample ELBO.",
+        "Written by `python bench/mnist_results.py` from `docs/results_images.jsonl`. Rows with a seed were",
+        "produced by `make reproduce` (`bench/reproduce.py`; each record holds its command, commit, machine and",
+        "training ELBO curve); the earlier rows, without one, by this script's former `--rows DATASET/ROW --steps N`",
+        "mode with the configs' seed 0. Every row is the row's config under `configs/images/`, unchanged except",
+        "`--trainer.max_steps`, one torch thread, while other jobs shared the machine. Test: the 1000-replica IWAE",
+        "bound (LARS rows: the log-likelihood *estimate* with Z from 1e8 latent / 1e6 pixel proposal samples)",
+        "averaged over the test images; NLL = minus that. Validation during training: the single-sample ELBO.",
         "",
-        "| dataset | model | steps | epochs | train (h) | test points | test NLL (nats) | paper NLL | test (min) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| dataset | model | steps | seed | epochs | train (h) | test points | test NLL (nats) | paper NLL | test (min) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         paper = PAPER.get((r["dataset"], r["row"]))
         epochs = r["steps"] * 128 / 50_000
         lines.append(
-            f"| {r['dataset']} | {r['row']} | {r['steps']} | {epochs:.1f} | "
+            f"| {r['dataset']} | {r['row']} | {r['steps']} | {r.get('seed', '')} | {epochs:.1f} | "
             f"{'(the run above, retested)' if r['train_hours'] != r['train_hours'] else format(r['train_hours'], '.2f')} | "
             f"{r['test_points']}{' (every ' + str(r.get('test_every')) + 'th)' if r.get('test_every', 1) > 1 else ''} | "
             f"{-r['test_value']:.2f} | {'' if paper is None else f'{paper:.2f}'} | {r['test_minutes']:.1f} |"
         )
-    lines += ["", NOTES]
+    lines += ["", HOW_TO_REPRODUCE, NOTES]
     return "\n".join(lines) + "\n"
 
+
+HOW_TO_REPRODUCE = """## How to reproduce
+
+```sh
+make reproduce ROWS="static_mnist/vae_gaussian_prior static_mnist/vae_snis_prior" STEPS=50000 SEED=0
+python bench/mnist_results.py        # this page, from docs/results_images.jsonl (make reproduce runs it too)
+```
+
+For each row, `bench/reproduce.py` trains the row's config (`eim fit`, seed SEED for the run and the
+data) in a run folder outside the repository, `~/.cache/eim-runs/DATASET/ROW/seedSEED` (`RUNS=DIR`
+moves it), writing `checkpoints/last.ckpt` every 5 minutes and at the end: killed at any point, the
+same command resumes from there (exactly: a resumed run equals an uninterrupted one). It then
+evaluates the final checkpoint (`eim test`: 1000 importance samples on all 10,000 test images, LARS
+with Z from the config's 1e8 samples) and appends one record to `docs/results_images.jsonl` (steps,
+seed, test points and samples, value, training and test wall time, the training ELBO of the minibatch
+every 5,000 steps as the authors' code logs it, machine, commit, command). A row whose command is
+already recorded is skipped; more STEPS continue a finished run. 2-D rows (`ROWS=toy2d/snis_nine_gaussians`,
+K = 128) go to `docs/results_toy2d.jsonl` with the mean of single-replica bounds over 2 million fresh
+points beside the 1000-replica bound. `python bench/reproduce.py --help` has the options.
+"""
 
 NOTES = """## What this is, and what falls short
 
@@ -176,39 +126,9 @@ NOTES = """## What this is, and what falls short
 """
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", nargs="*", default=[], help="DATASET/ROW names under configs/images")
-    parser.add_argument("--one", nargs=2, metavar=("DATASET", "ROW"), help=argparse.SUPPRESS)
-    parser.add_argument("--steps", type=int, default=10_000)
-    parser.add_argument("--test-subset", type=int, default=None, help="first n test images (default: all)")
-    parser.add_argument("--test-every", type=int, default=1, help="test on every n-th test image (default: all)")
-    parser.add_argument("--test-only", default=None, help="with --one: test this checkpoint instead of training")
-    parser.add_argument("--runs-dir", default=str(REPO / "runs" / "results_images"))
-    parser.add_argument("--data-root", default=os.environ.get("EIM_DATA_DIR", str(REPO.parent / "shared" / "data")))
-    parser.add_argument("--report", action="store_true", help="rewrite docs/RESULTS_IMAGES.md from the JSONL")
-    opts = parser.parse_args(argv)
-    if opts.one:
-        result = run_one(*opts.one, opts.steps, opts.test_subset, Path(opts.runs_dir), opts.data_root,
-                         opts.test_every, opts.test_only)
-        with JSONL.open("a") as f:
-            f.write(json.dumps(result) + "\n")
-        print(json.dumps(result), flush=True)
-        return
-    for name in opts.rows:
-        dataset, row = name.split("/")
-        cmd = [sys.executable, __file__, "--one", dataset, row, "--steps", str(opts.steps), "--runs-dir", opts.runs_dir,
-               "--data-root", opts.data_root]
-        if opts.test_subset:
-            cmd += ["--test-subset", str(opts.test_subset)]
-        if opts.test_every > 1:
-            cmd += ["--test-every", str(opts.test_every)]
-        print("running", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        REPORT.write_text(report())
-    if opts.report or opts.rows:
-        REPORT.write_text(report())
-        print(REPORT.read_text())
+def main() -> None:
+    REPORT.write_text(report())
+    print(f"wrote {REPORT.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

@@ -139,7 +139,7 @@ def write_table(runs_dir: Path, output: Path, images_dir: Path, command: str, op
         "## More results",
         "",
         "- [RESULTS_IMAGES.md](RESULTS_IMAGES.md): VAEs with EIM priors and EIMs with VAE proposals on binarized "
-        "MNIST and Fashion-MNIST (the paper's Table 1), produced by `bench/mnist_results.py`.",
+        "MNIST and Fashion-MNIST (the paper's Table 1), produced by `bench/reproduce.py` and `bench/mnist_results.py`.",
         "- [RESULTS_UNIFY.md](RESULTS_UNIFY.md): IWAE = SNIS posterior, FIVO vs the Kalman filter as K grows, "
         "ranking NCE = SNIS, InfoNCE vs the true mutual information, produced by `bench/unify_results.py` and "
         "`bench/unify_fivo.py`.",

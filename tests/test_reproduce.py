@@ -1,0 +1,74 @@
+"""bench/reproduce.py, the runner of the results pages, on a tiny 2-D setting: one record per
+finished row with the documented fields, a recorded row skipped, and a run killed (SIGKILL) in
+the middle of training, resumed by the same command, or a finished run continued to more steps,
+ending with the record of an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ROW = "toy2d/snis_nine_gaussians"
+
+
+def _command(tmp_path, runs, steps):
+    return [sys.executable, str(REPO / "bench" / "reproduce.py"), ROW, "--steps", str(steps), "--points", "2000",
+            "--elbo-every", "10", "--checkpoint-minutes", "0.001", "--runs", str(tmp_path / runs),
+            "--docs", str(tmp_path / f"{runs}-docs"), "--", "--data.init_args.test_size=500"]
+
+
+def _run(command):
+    out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out.stdout
+
+
+def _records(tmp_path, runs):
+    return [json.loads(line) for line in (tmp_path / f"{runs}-docs" / "results_toy2d.jsonl").read_text().splitlines()]
+
+
+def test_a_row_is_recorded_once_with_its_fields(tmp_path):
+    command = _command(tmp_path, "runs", 20)
+    _run(command)
+    (record,) = _records(tmp_path, "runs")
+    assert record["dataset"] == "toy2d" and record["row"] == "snis_nine_gaussians"
+    assert record["steps"] == 20 and record["seed"] == 0 and record["K"] == 128
+    assert record["train_elbo"][0][0] == 0 and [s for s, _ in record["train_elbo"]] == [0, 10]
+    assert record["test_points"] == 500 and record["num_test_samples"] == 1000
+    assert record["single_replica_points"] == 2000 and record["single_replica_batch"] == 1000
+    assert record["metric"] == "test/bound" and -5 < record["test_value"] < 0 and -5 < record["single_replica_value"] < 0
+    assert record["train_hours"] > 0 and record["test_minutes"] > 0 and record["machine"] and record["commit"]
+    assert record["command"] == (f"python bench/reproduce.py {ROW} --steps 20 --seed 0 --K 128 --points 2000 "
+                                 "-- --data.init_args.test_size=500")
+    assert str(tmp_path) not in json.dumps(record) and "/work" not in json.dumps(record)  # no absolute paths
+    assert "skipped" in _run(command)
+    assert len(_records(tmp_path, "runs")) == 1
+
+
+@pytest.mark.slow
+def test_killed_and_continued_runs_end_with_the_record_of_an_uninterrupted_run(tmp_path):
+    steps = 1000
+    command = _command(tmp_path, "killed", steps)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not list((tmp_path / "killed").rglob("last.ckpt")) and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (tmp_path / "killed-docs").exists()
+    _run(command)  # resumes from the last checkpoint
+    _run(_command(tmp_path, "continued", steps // 2))
+    _run(_command(tmp_path, "continued", steps))  # continues the finished run of steps // 2
+    _run(_command(tmp_path, "uninterrupted", steps))
+    (killed,) = _records(tmp_path, "killed")
+    (_, continued) = _records(tmp_path, "continued")
+    (uninterrupted,) = _records(tmp_path, "uninterrupted")
+    assert len(killed["resumed_at_steps"]) == 1 and 0 < killed["resumed_at_steps"][0] < steps
+    assert continued["resumed_at_steps"] == [steps // 2] and uninterrupted["resumed_at_steps"] == []
+    for key in ("steps", "train_elbo", "test_value", "single_replica_value"):
+        assert killed[key] == continued[key] == uninterrupted[key], key
