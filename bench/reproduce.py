@@ -91,10 +91,12 @@ class RunLog(Callback):
         if trainer.global_step:
             self.resumed_at.append(trainer.global_step)
 
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        # every optimiser step (also inside a block of steps); global_step is this step's index
+        if trainer.global_step % self.every == 0:
+            self.elbo.append([trainer.global_step, -float(loss)])
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step - 1  # this batch's step: the optimiser has stepped already
-        if step % self.every == 0:
-            self.elbo.append([step, -float(outputs["loss"])])
         if trainer.global_step == trainer.max_steps or time.time() - self.saved >= self.interval:
             trainer.save_checkpoint(self.path)  # atomic: a kill while saving leaves the previous one
             self.saved = time.time()
