@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parents[1]
 PKG = REPO / "eim_lightning"
 
 LAYER1 = {"ops", "bounds", "integrators", "smc", "kalman"}
-LAYER2 = {"nn", "densities"}
+LAYER2 = {"nn", "densities", "optim"}
 LAYER3 = {"modules"}
 LAYER4 = {"cli", "callbacks", "demo", "__main__"}
 

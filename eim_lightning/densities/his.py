@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn.functional import softplus
 
 from ..integrators import leapfrog_forward, leapfrog_reverse
+from ..nn import MLP
 from .base import LOG_2PI, Density, check_positive_int, evaluate_net
 from .normal import inverse_softplus
 
@@ -98,7 +99,17 @@ class HIS(Density):
         return evaluate_net(self.potential, x, 1, context, self.data_mean)
 
     def _grad_fn(self, context: Tensor | None, create_graph: bool):
-        """``x -> grad_x E(x)``, differentiable (create_graph) only when the caller needs it."""
+        """``x -> grad_x E(x)``, differentiable (create_graph) only when the caller needs it:
+        in closed form for an :class:`~eim_lightning.nn.MLP` potential (plain operations,
+        differentiated once by the training backward), else by ``autograd.grad``."""
+        if isinstance(self.potential, MLP) and self.potential.has_input_gradient:
+
+            def closed_form(x: Tensor) -> Tensor:
+                ctx = None if context is None else context.expand(*x.shape[:-2], *context.shape)
+                g = self.potential.input_gradient(x - self.data_mean, ctx)
+                return g if create_graph else g.detach()
+
+            return closed_form
 
         def grad(x: Tensor) -> Tensor:
             with torch.inference_mode(False), torch.enable_grad():
