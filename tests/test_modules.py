@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules import Toy2DDataModule
-from eim_lightning import HIS, LARS, SNIS, TRS, Gaussian
+from eim_lightning import CPC, HIS, LARS, SNIS, TRS, Gaussian, RankingNCE
 from eim_lightning import densities as D
 from eim_lightning.nn import MLP
 
@@ -236,3 +236,18 @@ def test_validate_then_fit_on_the_same_module(make_trainer):
     trainer.fit(model, datamodule=dm)
     make_trainer().test(model, datamodule=dm, verbose=False)
     assert math.isfinite(trainer.callback_metrics["val/bound"].item())
+
+
+@pytest.mark.parametrize("build,dim_name", [
+    (lambda p: SNIS(data_dim=2, proposal=p), "data_dim"),
+    (lambda p: TRS(data_dim=2, proposal=p), "data_dim"),
+    (lambda p: HIS(data_dim=2, proposal=p), "data_dim"),
+    (lambda p: LARS(data_dim=2, proposal=p), "data_dim"),
+    (lambda p: RankingNCE(data_dim=2, proposal=p), "data_dim"),
+    (lambda p: CPC(x_dim=2, c_dim=1, proposal=p), "x_dim"),
+], ids=["SNIS", "TRS", "HIS", "LARS", "RankingNCE", "CPC"])
+def test_a_proposal_of_another_dimension_is_rejected_at_construction(build, dim_name):
+    with pytest.raises(ValueError, match=rf"^{dim_name} is 2 but the proposal \(Normal\) is a density over \[3\]: "
+                                         rf"set {dim_name} to the proposal's dimension, or pass a proposal over \[2\]$"):
+        build(D.Normal(3))
+    assert build(D.Normal(2)).density.event_shape == (2,)

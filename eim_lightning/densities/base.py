@@ -119,7 +119,6 @@ class Density(nn.Module):
                 f"{name} has {ref.dtype} parameters but got input of dtype {x.dtype}; "
                 f"convert the data (x.to({ref.dtype})) or the model (model.to({x.dtype}))"
             )
-        expected = [-1, *self._event_shape]
         if x.dim() != 1 + self.event_ndim or x.shape[1:] != self._event_shape:
             raise ValueError(
                 f"{name} expected input of shape [B, {', '.join(map(str, self._event_shape))}] "
@@ -132,7 +131,7 @@ class Density(nn.Module):
             )
         if not bool(torch.isfinite(x).all()):
             bad = (~torch.isfinite(x)).sum().item()
-            raise ValueError(f"{name} got {bad} non-finite (NaN/Inf) values in its input {expected}")
+            raise ValueError(f"{name} got {bad} non-finite (NaN/Inf) values in its input of shape {list(x.shape)}")
 
     # -- the contract -------------------------------------------------------------------------
 

@@ -72,6 +72,11 @@ class Normal(Density):
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact log-density ``[*batch]`` of ``x [*batch, dim]``."""
+        if x.dim() == 0 or x.shape[-1:] != self.event_shape:
+            raise ValueError(
+                f"Normal over [{self.event_shape[0]}] expected input of shape [..., {self.event_shape[0]}], "
+                f"got {list(x.shape)}"
+            )
         scale = self.scale
         z = (x - self.loc) / scale
         return -0.5 * (z.square() + LOG_2PI).sum(-1) - torch.log(scale).sum()

@@ -51,8 +51,13 @@ from ..nn import MLP
 __all__ = ["BoundEstimatorMixin", "default_proposal", "default_mlp", "resolve_density"]
 
 
-def default_proposal(data_dim: int, proposal: Density | None) -> Density:
-    """``proposal``, or the paper's default N(0, I) over ``data_dim``."""
+def default_proposal(data_dim: int, proposal: Density | None, dim_name: str = "data_dim") -> Density:
+    """``proposal`` (which must be a density over ``[data_dim]``), or the paper's default N(0, I)."""
+    if proposal is not None and tuple(proposal.event_shape) != (data_dim,):
+        raise ValueError(
+            f"{dim_name} is {data_dim} but the proposal ({type(proposal).__name__}) is a density over "
+            f"{list(proposal.event_shape)}: set {dim_name} to the proposal's dimension, or pass a proposal over [{data_dim}]"
+        )
     return proposal if proposal is not None else Normal(data_dim)
 
 
