@@ -251,3 +251,24 @@ def test_a_proposal_of_another_dimension_is_rejected_at_construction(build, dim_
                                          rf"set {dim_name} to the proposal's dimension, or pass a proposal over \[2\]$"):
         build(D.Normal(3))
     assert build(D.Normal(2)).density.event_shape == (2,)
+
+
+def test_validate_inputs_reaches_every_nested_density(make_trainer, monkeypatch):
+    """A VAE as an EIM's proposal checks its pixels (a host sync over [B, D] per step) only while
+    the module's validate_inputs is on; the switch, also set after construction, reaches it."""
+    x = (torch.rand(32, 16) < 0.3).float()
+
+    def fit(validate: bool):
+        vae = D.VAE(data_dim=16, latent_dim=2, hidden_sizes=(8,))
+        model = SNIS(data_dim=16, num_proposals=4, hidden_sizes=[8], proposal=vae)
+        model.validate_inputs = validate  # after construction, before fit
+        checks = []
+        real = vae.likelihood.check
+        monkeypatch.setattr(vae.likelihood, "check", lambda *args: checks.append(args) or real(*args))
+        make_trainer(max_steps=2, limit_val_batches=0).fit(model, DataLoader(TensorDataset(x), batch_size=16))
+        return checks, {m.validate_args for m in model.modules() if isinstance(m, D.Density)}
+
+    checks, flags = fit(False)
+    assert checks == [] and flags == {False}
+    checks, flags = fit(True)
+    assert len(checks) >= 2 and flags == {True}

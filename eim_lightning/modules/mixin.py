@@ -140,7 +140,9 @@ class BoundEstimatorMixin:
     def setup(self, stage: str) -> None:
         trainer = getattr(self, "_trainer", None)
         dm = getattr(trainer, "datamodule", None) if trainer is not None else None
-        self.density.validate_args = self.validate_inputs
+        for module in self.modules():  # nested densities too (a VAE as an EIM's proposal, a prior)
+            if isinstance(module, Density):
+                module.validate_args = self.validate_inputs
         if dm is None:
             return
         shape = getattr(dm, "event_shape", None)
