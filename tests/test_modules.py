@@ -2,6 +2,7 @@
 
 import math
 
+import oracles
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -272,3 +273,17 @@ def test_validate_inputs_reaches_every_nested_density(make_trainer, monkeypatch)
     assert checks == [] and flags == {False}
     checks, flags = fit(True)
     assert len(checks) >= 2 and flags == {True}
+
+
+def test_lars_density_after_fit_is_evaluated_with_the_evaluation_z(make_trainer):
+    """The issue's case through a Trainer: fit leaves the module in training mode. A LARS with
+    constant acceptance a is exactly its proposal once Z = a (which every estimate gives), so the
+    density's 1000-sample log-density is log N(x; 0, I); the training Z (about 0.5) is 1.6 nats off."""
+    model = LARS(data_dim=2, T=100, accept_logit=oracles.ConstantLogit(0.1, torch.float32), num_z_samples=16,
+                 num_z_eval_samples=1000, num_val_samples=2)
+    make_trainer(max_steps=3, limit_val_batches=0).fit(model, datamodule=Toy2DDataModule(steps_per_epoch=3))
+    assert model.training and model.density.z_ema.item() > 0.45  # far from a = 0.1
+    x = torch.randn(50, 2)
+    with torch.no_grad():
+        got = model.density.log_prob_lower_bound(x, num_samples=1000)
+    torch.testing.assert_close(got, D.Normal(2).log_prob(x), rtol=0, atol=1e-5)

@@ -19,6 +19,9 @@ autograd each chunk's graph is dropped and recomputed, on the same random number
 backward pass (gradient checkpointing), so only the ``[num_samples, B]`` log-weights themselves
 are kept (4 bytes each in float32).
 
+A density that serves as a latent-variable model's prior answers one hook,
+:meth:`Density.log_prob_for_elbo`; the model never needs to know which prior it holds.
+
 ``context`` (optional, ``[B, ...]``) is passed to every network of a conditional density;
 samples then have shape ``[n, B, *event_shape]``.
 """
@@ -181,6 +184,20 @@ class Density(nn.Module):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The one-sample training bound ``[B]`` and a dict of diagnostic tensors."""
         return self.log_prob_lower_bound(x, 1, context), {}
+
+    def log_prob_for_elbo(
+        self, z: Tensor, log_q: Tensor, objective: bool = False
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """This density as the prior of a latent-variable model: ``[m, B]`` one-sample estimates
+        of ``log p(z)`` at posterior samples ``z [m, B, *event]``, and diagnostics to report.
+
+        ``log_q [m, B]`` is ``log q(z | x)`` of those samples and ``objective`` says whether the
+        value enters the training objective (the model's ``bound_and_diagnostics``) rather
+        than an evaluation; priors whose estimate uses either override this (LARS). The
+        default draws fresh auxiliaries for each replica, shared across the batch as the EIMs
+        share their proposal samples.
+        """
+        return torch.stack([self.log_prob_replicas(zi, 1)[0] for zi in z.unbind(0)]), {}
 
     def sample(self, n: int, context: Tensor | None = None) -> Tensor:
         """``n`` exact samples, without gradient."""

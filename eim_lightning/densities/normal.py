@@ -91,6 +91,10 @@ class Normal(Density):
         check_positive_int("num_samples", num_samples)
         return self.log_prob(x)
 
+    def log_prob_for_elbo(self, z: Tensor, log_q: Tensor, objective: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        """As a prior: the exact ``log N(z)`` ``[m, B]`` of posterior samples ``z [m, B, dim]``."""
+        return self.log_prob(z), {}
+
     def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
         shape = self._sample_shape(n, context)
         eps = torch.randn(*shape, *self.event_shape, device=self.loc.device, dtype=self.loc.dtype)
