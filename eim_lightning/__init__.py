@@ -6,7 +6,17 @@ Layers (imports point down only): 1. pure math (:mod:`.ops`, :mod:`.bounds`,
 (:mod:`.modules`, re-exported here); 4. entry points (:mod:`.cli`, :mod:`.callbacks`, :mod:`.demo`).
 """
 
+import logging
+
 from .modules import HIS, LARS, SNIS, TRS, BoundEstimatorMixin, Gaussian
+
+# densities report costly one-off work (LARS's evaluation Z) at INFO through the standard logging
+# module; show it as Lightning shows its own messages (to stderr unless logging is configured)
+_logger = logging.getLogger(__name__)
+_logger.setLevel(logging.INFO)
+if not logging.getLogger().hasHandlers():
+    _logger.addHandler(logging.StreamHandler())
+    _logger.propagate = False
 
 __version__ = "0.1.0"
 

@@ -1,6 +1,9 @@
 """Shared oracle helpers for the statistical tests."""
 
+import math
+
 import numpy as np
+import torch
 from scipy import stats
 from scipy.integrate import cumulative_trapezoid
 
@@ -14,3 +17,16 @@ def chisquare_pvalue(samples: np.ndarray, density: np.ndarray, grid: np.ndarray,
     counts = np.bincount(np.searchsorted(inner, samples), minlength=bins)
     expected = np.diff(np.concatenate([[0.0], np.interp(inner, grid, cdf), [1.0]])) * len(samples)
     return float(stats.chisquare(counts, expected).pvalue)
+
+
+class ConstantLogit(torch.nn.Module):
+    """Acceptance logit with ``a = sigmoid(b) = a0`` everywhere (``[..., D] -> [...]``): then
+    ``Z = E_pi[a] = a`` exactly (every Monte Carlo estimate included) and the TRS/LARS density
+    ``q_T = pi [a sum_{t<T-1} (1-Z)^t + (1-Z)^{T-1}]`` is ``pi`` itself, for every T."""
+
+    def __init__(self, a0: float = 0.1, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        self.b = torch.nn.Parameter(torch.tensor(math.log(a0 / (1 - a0)), dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b.expand(x.shape[:-1])

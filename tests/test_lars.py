@@ -8,6 +8,7 @@ by quadrature, and the truncated density written out term by term,
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -83,8 +84,7 @@ def test_T1_gives_log_pi_for_any_z():
     for z in (1e-6, 0.3, 1.0):
         torch.testing.assert_close(lars.log_prob_given_z(x, torch.tensor(z, dtype=torch.float64))[0], log_pi, rtol=0, atol=1e-13)
     lars.eval()
-    with torch.no_grad():
-        lars.z_eval.fill_(0.123)
+    lars.set_evaluation_z(0.123)
     torch.testing.assert_close(lars.log_prob_lower_bound(x, 3), log_pi, rtol=0, atol=1e-13)
 
 
@@ -209,12 +209,74 @@ def test_training_forward_uses_the_smoothed_z():
     lars.train()
     x = torch.randn(6, 1, dtype=torch.float64)
     torch.manual_seed(11)
-    got = lars.log_prob_lower_bound(x)
+    got, diagnostics = lars.bound_and_diagnostics(x)
     z_s = lars._pending_z_s
+    assert diagnostics["z"] is z_s
     xn = x[:, 0].numpy()
     pi, a = stats.norm.pdf(xn), special.expit(1.5 * np.sin(2 * xn) - 0.5)
     np.testing.assert_allclose(got.numpy(), np.log(q_T(5, pi, a, z_s.item())), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(got, lars.log_prob_given_z(x, z_s)[0], rtol=1e-13, atol=1e-13)
+
+
+def constant_lars(**kwargs) -> LARS:
+    return LARS(Normal(1), oracles.ConstantLogit(0.1), T=100, num_z_samples=16, **kwargs).double()
+
+
+def test_evaluation_in_training_mode_uses_the_evaluation_z_and_keeps_the_pending_z_s():
+    """The issue's case: after a training step (training mode, Z_ema = 0.5, Z_s pending), the
+    log-density of a = 0.1 everywhere is log pi exactly; the training Z would be 1.6 nats off."""
+    lars = constant_lars(num_z_eval_samples=1000)
+    lars.train()
+    x = torch.randn(8, 1, dtype=torch.float64) * 2
+    log_pi = torch.distributions.Normal(0.0, 1.0).log_prob(x[:, 0])
+    training_estimate, diagnostics = lars.bound_and_diagnostics(x)
+    z_s = 0.99 * 0.5 + 0.01 * 0.1
+    assert diagnostics["z"].item() == pytest.approx(z_s, rel=1e-12)
+    gap = math.log(0.1 * (1 - (1 - z_s) ** 99) / z_s + (1 - z_s) ** 99)  # the training Z's error
+    torch.testing.assert_close(training_estimate, log_pi + gap, rtol=0, atol=1e-12)
+    assert gap < -1.5
+    pending = lars._pending_z_s
+    for s in (1, 3, 1000):
+        torch.testing.assert_close(lars.log_prob_lower_bound(x, num_samples=s), log_pi, rtol=0, atol=1e-12)
+    torch.testing.assert_close(lars.log_prob_replicas(x, 2), log_pi.expand(2, 8), rtol=0, atol=1e-12)
+    assert lars.training and lars._pending_z_s is pending  # the optimiser step's update is intact
+    lars.update_z_ema()
+    assert lars.z_ema.item() == pytest.approx(z_s, rel=1e-12)
+
+
+def test_evaluation_z_is_cached_until_a_parameter_changes_not_when_the_mode_flips(caplog):
+    lars = constant_lars(num_z_eval_samples=1000, z_eval_chunk_size=300)
+    estimates = []
+    real = lars.estimate_z
+    lars.estimate_z = lambda *a, **k: estimates.append(1) or real(*a, **k)
+    x = torch.randn(5, 1, dtype=torch.float64)
+    log_pi = torch.distributions.Normal(0.0, 1.0).log_prob(x[:, 0])
+    with caplog.at_level(logging.INFO, logger="eim_lightning"):
+        lars.log_prob_lower_bound(x)
+    assert len(estimates) == 1 and lars.z_eval.item() == pytest.approx(0.1, rel=1e-12)
+    assert "from 1000 proposal samples in" in caplog.text  # its cost is logged
+    for mode in (False, True, False):
+        lars.train(mode)
+        lars.log_prob_lower_bound(x)
+        lars.bound_and_diagnostics(x)
+    assert len(estimates) == 1
+    # an optimiser step (fused Adam leaves the parameters' version counters alone) makes it stale
+    optimizer = torch.optim.Adam(lars.parameters(), lr=0.5, fused=True)
+    lars.accept_logit.b.grad = torch.ones((), dtype=torch.float64)
+    optimizer.step()
+    a_new = torch.sigmoid(lars.accept_logit.b).item()
+    assert abs(a_new - 0.1) > 0.01
+    assert math.isnan(lars.state_dict()["z_eval"].item())  # a stale estimate is not checkpointed
+    torch.testing.assert_close(lars.log_prob_lower_bound(x, 3), log_pi, rtol=0, atol=1e-12)  # exact with the new Z
+    assert len(estimates) == 2 and lars.z_eval.item() == pytest.approx(a_new, rel=1e-12)
+    # so does a changed proposal or data mean
+    with torch.no_grad():
+        lars.data_mean.fill_(0.5)
+    lars.log_prob_lower_bound(x)
+    with torch.no_grad():
+        lars.proposal.loc.fill_(0.5)
+    lars.log_prob_lower_bound(x)
+    assert len(estimates) == 4
 
 
 # -- state ---------------------------------------------------------------------------------------
@@ -244,18 +306,6 @@ def test_z_ema_and_z_eval_survive_a_state_dict_round_trip(tmp_path):
     b = fresh.log_prob_lower_bound(x)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.testing.assert_close(a, fresh.log_prob_given_z(x, z_eval)[0], rtol=0, atol=0)
-
-
-def test_train_clears_the_cached_z_eval():
-    lars = make_lars(num_z_eval_samples=2000, z_eval_chunk_size=500)
-    lars.eval()
-    first = lars.evaluation_z().item()
-    assert math.isfinite(first)
-    assert lars.evaluation_z().item() == first  # cached while in eval mode
-    lars.train()
-    assert math.isnan(lars.z_eval.item())
-    lars.eval()
-    assert lars.evaluation_z().item() != first  # a fresh estimate after training
 
 
 # -- clear errors --------------------------------------------------------------------------------

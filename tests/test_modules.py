@@ -2,12 +2,13 @@
 
 import math
 
+import oracles
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules import Toy2DDataModule
-from eim_lightning import HIS, LARS, SNIS, TRS, Gaussian
+from eim_lightning import CPC, HIS, LARS, SNIS, TRS, Gaussian, RankingNCE
 from eim_lightning import densities as D
 from eim_lightning.nn import MLP
 
@@ -236,3 +237,53 @@ def test_validate_then_fit_on_the_same_module(make_trainer):
     trainer.fit(model, datamodule=dm)
     make_trainer().test(model, datamodule=dm, verbose=False)
     assert math.isfinite(trainer.callback_metrics["val/bound"].item())
+
+
+@pytest.mark.parametrize("build,dim_name", [
+    (lambda p: SNIS(data_dim=2, proposal=p), "data_dim"),
+    (lambda p: TRS(data_dim=2, proposal=p), "data_dim"),
+    (lambda p: HIS(data_dim=2, proposal=p), "data_dim"),
+    (lambda p: LARS(data_dim=2, proposal=p), "data_dim"),
+    (lambda p: RankingNCE(data_dim=2, proposal=p), "data_dim"),
+    (lambda p: CPC(x_dim=2, c_dim=1, proposal=p), "x_dim"),
+], ids=["SNIS", "TRS", "HIS", "LARS", "RankingNCE", "CPC"])
+def test_a_proposal_of_another_dimension_is_rejected_at_construction(build, dim_name):
+    with pytest.raises(ValueError, match=rf"^{dim_name} is 2 but the proposal \(Normal\) is a density over \[3\]: "
+                                         rf"set {dim_name} to the proposal's dimension, or pass a proposal over \[2\]$"):
+        build(D.Normal(3))
+    assert build(D.Normal(2)).density.event_shape == (2,)
+
+
+def test_validate_inputs_reaches_every_nested_density(make_trainer, monkeypatch):
+    """A VAE as an EIM's proposal checks its pixels (a host sync over [B, D] per step) only while
+    the module's validate_inputs is on; the switch, also set after construction, reaches it."""
+    x = (torch.rand(32, 16) < 0.3).float()
+
+    def fit(validate: bool):
+        vae = D.VAE(data_dim=16, latent_dim=2, hidden_sizes=(8,))
+        model = SNIS(data_dim=16, num_proposals=4, hidden_sizes=[8], proposal=vae)
+        model.validate_inputs = validate  # after construction, before fit
+        checks = []
+        real = vae.likelihood.check
+        monkeypatch.setattr(vae.likelihood, "check", lambda *args: checks.append(args) or real(*args))
+        make_trainer(max_steps=2, limit_val_batches=0).fit(model, DataLoader(TensorDataset(x), batch_size=16))
+        return checks, {m.validate_args for m in model.modules() if isinstance(m, D.Density)}
+
+    checks, flags = fit(False)
+    assert checks == [] and flags == {False}
+    checks, flags = fit(True)
+    assert len(checks) >= 2 and flags == {True}
+
+
+def test_lars_density_after_fit_is_evaluated_with_the_evaluation_z(make_trainer):
+    """The issue's case through a Trainer: fit leaves the module in training mode. A LARS with
+    constant acceptance a is exactly its proposal once Z = a (which every estimate gives), so the
+    density's 1000-sample log-density is log N(x; 0, I); the training Z (about 0.5) is 1.6 nats off."""
+    model = LARS(data_dim=2, T=100, accept_logit=oracles.ConstantLogit(0.1, torch.float32), num_z_samples=16,
+                 num_z_eval_samples=1000, num_val_samples=2)
+    make_trainer(max_steps=3, limit_val_batches=0).fit(model, datamodule=Toy2DDataModule(steps_per_epoch=3))
+    assert model.training and model.density.z_ema.item() > 0.45  # far from a = 0.1
+    x = torch.randn(50, 2)
+    with torch.no_grad():
+        got = model.density.log_prob_lower_bound(x, num_samples=1000)
+    torch.testing.assert_close(got, D.Normal(2).log_prob(x), rtol=0, atol=1e-5)

@@ -133,3 +133,15 @@ def test_float64_into_float32_model_and_bad_counts_raise():
         _normal().log_prob_lower_bound(torch.zeros(3, 2, dtype=torch.float64), 0)
     with pytest.raises(ValueError, match="n must be an integer >= 1"):
         _normal().sample(0)
+
+
+def test_log_prob_of_the_wrong_width_and_non_finite_inputs_are_clear_errors():
+    d = Normal(2)
+    with pytest.raises(ValueError, match=r"^Normal over \[2\] expected input of shape \[\.\.\., 2\], got \[4, 3\]$"):
+        d.log_prob(torch.zeros(4, 3))
+    with pytest.raises(ValueError, match=r"^Normal over \[2\] expected input of shape \[\.\.\., 2\], got \[5, 4, 1\]$"):
+        d.log_prob(torch.zeros(5, 4, 1))
+    assert d.log_prob(torch.zeros(5, 4, 2)).shape == (5, 4)  # any batch shape
+    x = torch.tensor([[0.0, math.nan], [math.inf, 1.0], [0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"^Normal got 2 non-finite \(NaN/Inf\) values in its input of shape \[3, 2\]$"):
+        d.log_prob_lower_bound(x)

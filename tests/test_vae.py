@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import oracles
 import pytest
 import torch
 from torch.distributions import Bernoulli, Normal as TorchNormal
@@ -95,7 +96,7 @@ def test_chunked_evaluation_equals_unchunked_on_the_same_randomness(model, monke
         prior = LARS(Normal(50), MLP(50, [16], 1), T=10).double()
         density, layers, k = VAE(prior=prior, eval_chunk_size=1000).double(), 1, 50
         density.eval()
-        prior.z_eval.fill_(0.37)  # evaluation with a fixed Z: deterministic given the posterior noise
+        prior.set_evaluation_z(0.37)  # evaluation with a fixed Z: deterministic given the posterior noise
     values = []
     for chunk in (1000, 7, 1):
         density.eval_chunk_size = chunk
@@ -132,6 +133,51 @@ def test_bound_is_non_decreasing_in_the_number_of_samples_on_average():
         assert hi - lo > 4 * math.hypot(se_lo, se_hi), (means, ses)
 
 
+def test_lars_prior_is_evaluated_with_its_evaluation_z_also_in_training_mode(monkeypatch):
+    """A LARS prior with constant acceptance is N(0, I) exactly once its Z is the exact one (which
+    every estimate gives). After a training step left its Z_s pending (training mode, Z_ema = 0.5),
+    the VAE's multi-sample bound is the textbook IWAE bound with a N(0, I) prior, and Z_s is intact."""
+    x = binary_batch(3)
+    prior = LARS(Normal(50), oracles.ConstantLogit(0.1), T=100, num_z_samples=16, num_z_eval_samples=1000).double()
+    vae = VAE(prior=prior, data_mean=x.mean(0)).double()
+    _, diagnostics = vae.bound_and_diagnostics(x)  # a training step
+    pending = prior._pending_z_s
+    assert diagnostics["prior_z"].item() > 0.4  # the smoothed training Z, far from 0.1
+    bank = NoiseBank(1, 20, 3, 50)
+    monkeypatch.setattr(vae, "posterior_noise", bank)
+    with torch.no_grad():
+        got = vae.log_prob_lower_bound(x, 20)
+        expected = textbook_iwae(vae, x, bank.bank[0])
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-9)
+    assert vae.training and prior._pending_z_s is pending
+
+
+class RecordingPrior(Normal):
+    """N(0, I) as a prior that records how the model calls its hook."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.calls = []
+
+    def log_prob_for_elbo(self, z, log_q, objective=False):
+        self.calls.append((tuple(z.shape), tuple(log_q.shape), objective))
+        return self.log_prob(z), {"seen": torch.tensor(float(len(self.calls)))}
+
+
+def test_priors_plug_in_through_one_hook():
+    """The model asks its prior one question, log_prob_for_elbo(z, log q(z|x), objective), and
+    reports the prior's diagnostics as prior_<name>: any density can be a prior unseen by it."""
+    prior = RecordingPrior(50)
+    vae = VAE(prior=prior, eval_chunk_size=4)
+    x = binary_batch(3).float()
+    _, diagnostics = vae.bound_and_diagnostics(x)
+    assert prior.calls == [((1, 3, 50), (1, 3), True)]
+    assert diagnostics["prior_seen"].item() == 1.0
+    with torch.no_grad():
+        vae.log_prob_lower_bound(x, 6)
+    assert prior.calls[1:] == [((4, 3, 50), (4, 3), False), ((2, 3, 50), (2, 3), False)]
+
+
 def test_snis_prior_replicas_get_fresh_negatives():
     """With K = 2 a shared negative would make every replica of a point see the same draw: the
     replicas' spread would then come from the posterior noise only."""
@@ -143,7 +189,7 @@ def test_snis_prior_replicas_get_fresh_negatives():
     real = prior.log_prob_replicas
     prior.log_prob_replicas = lambda zz, m, context=None: calls.append(zz.shape) or real(zz, m, context)
     with torch.no_grad():
-        values = vae.prior_log_prob(z, torch.zeros(6, 1))
+        values, _ = vae.prior.log_prob_for_elbo(z, torch.zeros(6, 1))
     assert len(calls) == 6 and values.shape == (6, 1)
     assert values.std() > 0  # the same z, different negatives
 

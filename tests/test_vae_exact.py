@@ -154,7 +154,7 @@ def test_trs_and_lars_prior_bounds(kind):
         vae = make_vae(TRS(Normal(1).double(), logit, T=3))
     else:
         vae = make_vae(LARS(Normal(1).double(), logit, T=3))
-        vae.prior.z_eval.fill_(z)  # LARS with its exact Z (its estimate is not a bound otherwise)
+        vae.prior.set_evaluation_z(z)  # LARS with its exact Z (its estimate is not a bound otherwise)
     exact = marginal(vae, log_q)
     assert float((exact - marginal(vae, log_normal(Z_GRID))).abs().max()) > 0.05
     check_lower_bound(replicas(vae, STATES), exact, unbiased=(kind == "lars"))
@@ -215,7 +215,7 @@ def test_pixel_trs_and_lars_with_vae_proposal(kind):
         model = TRS(vae, logit, T=3, eval_chunk_size=R).double().eval()
     else:
         model = LARS(vae, logit, T=3, eval_chunk_size=R).double().eval()
-        model.z_eval.fill_(z)
+        model.set_evaluation_z(z)
     check_lower_bound(replicas(model, STATES), exact, unbiased=(kind == "lars"))
 
 

@@ -79,7 +79,7 @@ def test_lars_prior_z_includes_the_reweighted_posterior_sample(monkeypatch):
     monkeypatch.setattr(prior.proposal, "rsample", lambda n, context=None: fixed[:n])
     z = torch.randn(2, 3, 50, dtype=torch.float64)
     log_q = torch.randn(2, 3, dtype=torch.float64)
-    out = vae.prior_log_prob(z, log_q)
+    out, _ = vae.prior.log_prob_for_elbo(z, log_q, objective=True)
     a = lambda v: torch.sigmoid(prior.accept_logit(v).squeeze(-1))  # noqa: E731
     log_pi = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
     z_curr = (8 * a(fixed).mean() + torch.exp(log_pi - log_q) * a(z)) / 9

@@ -12,8 +12,15 @@ Every density is an ``nn.Module`` with::
 Subclasses implement :meth:`Density.log_prob_replicas`, ``m`` independent replicas ``[m, B]``
 of a one-sample log-estimate whose exponential is unbiased for the density (so its log is a
 lower bound in expectation), or set ``exact_log_prob = True`` when ``log_prob`` is exact.
-:meth:`log_prob_lower_bound` combines ``num_samples`` replicas
-IWAE-style with a streamed log-mean-exp, so memory depends on ``eval_chunk_size`` only.
+:meth:`log_prob_lower_bound` combines ``num_samples`` replicas IWAE-style with a streamed
+log-mean-exp, ``eval_chunk_size`` replicas at a time, so the memory of the replicas'
+computation is that of one chunk: without autograd each chunk is freed before the next; with
+autograd each chunk's graph is dropped and recomputed, on the same random numbers, in the
+backward pass (gradient checkpointing), so only the ``[num_samples, B]`` log-weights themselves
+are kept (4 bytes each in float32).
+
+A density that serves as a latent-variable model's prior answers one hook,
+:meth:`Density.log_prob_for_elbo`; the model never needs to know which prior it holds.
 
 ``context`` (optional, ``[B, ...]``) is passed to every network of a conditional density;
 samples then have shape ``[n, B, *event_shape]``.
@@ -22,10 +29,12 @@ samples then have shape ``[n, B, *event_shape]``.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..ops import chunked_log_mean_exp
 
@@ -119,7 +128,6 @@ class Density(nn.Module):
                 f"{name} has {ref.dtype} parameters but got input of dtype {x.dtype}; "
                 f"convert the data (x.to({ref.dtype})) or the model (model.to({x.dtype}))"
             )
-        expected = [-1, *self._event_shape]
         if x.dim() != 1 + self.event_ndim or x.shape[1:] != self._event_shape:
             raise ValueError(
                 f"{name} expected input of shape [B, {', '.join(map(str, self._event_shape))}] "
@@ -132,7 +140,7 @@ class Density(nn.Module):
             )
         if not bool(torch.isfinite(x).all()):
             bad = (~torch.isfinite(x)).sum().item()
-            raise ValueError(f"{name} got {bad} non-finite (NaN/Inf) values in its input {expected}")
+            raise ValueError(f"{name} got {bad} non-finite (NaN/Inf) values in its input of shape {list(x.shape)}")
 
     # -- the contract -------------------------------------------------------------------------
 
@@ -156,15 +164,20 @@ class Density(nn.Module):
         """``log (1/S) sum_s exp(l_s)`` over ``S = num_samples`` replicas: ``[B]``.
 
         A lower bound on ``log q(x)`` in expectation, tighter as ``S`` grows; streamed in
-        chunks of ``eval_chunk_size`` replicas.
+        chunks of ``eval_chunk_size`` replicas. Under autograd with more than one chunk, each
+        chunk is checkpointed (its graph recomputed in the backward pass), so with or without
+        gradients memory holds one chunk's computation (plus, with gradients, the ``[S, B]``
+        log-weights).
         """
         self.check_input(x, context)
         check_positive_int("num_samples", num_samples)
         if self.exact_log_prob:
             return self._exact_log_prob(x, context)
-        return chunked_log_mean_exp(
-            lambda m: self.log_prob_replicas(x, m, context), num_samples, self.eval_chunk_size
-        )
+        replicas = partial(self.log_prob_replicas, x, context=context)
+        if torch.is_grad_enabled() and num_samples > self.eval_chunk_size:
+            # x is a positional input so that checkpoint restores the random state of its device
+            replicas = partial(checkpoint, self.log_prob_replicas, x, context=context, use_reentrant=False)
+        return chunked_log_mean_exp(replicas, num_samples, self.eval_chunk_size)
 
     def bound_and_diagnostics(
         self, x: Tensor, context: Tensor | None = None, diagnostics: bool = True
@@ -172,6 +185,20 @@ class Density(nn.Module):
         """The one-sample training bound ``[B]`` and a dict of diagnostic tensors (empty, and
         not computed, with ``diagnostics=False``: training asks for them only on logging steps)."""
         return self.log_prob_lower_bound(x, 1, context), {}
+
+    def log_prob_for_elbo(
+        self, z: Tensor, log_q: Tensor, objective: bool = False
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """This density as the prior of a latent-variable model: ``[m, B]`` one-sample estimates
+        of ``log p(z)`` at posterior samples ``z [m, B, *event]``, and diagnostics to report.
+
+        ``log_q [m, B]`` is ``log q(z | x)`` of those samples and ``objective`` says whether the
+        value enters the training objective (the model's ``bound_and_diagnostics``) rather
+        than an evaluation; priors whose estimate uses either override this (LARS). The
+        default draws fresh auxiliaries for each replica, shared across the batch as the EIMs
+        share their proposal samples.
+        """
+        return torch.stack([self.log_prob_replicas(zi, 1)[0] for zi in z.unbind(0)]), {}
 
     def sample(self, n: int, context: Tensor | None = None) -> Tensor:
         """``n`` exact samples, without gradient."""

@@ -15,16 +15,26 @@ the current batch). After the optimiser step the owner calls :meth:`LARS.update_
 sets ``Z_ema <- mean stopgrad(Z_s)`` (averaged across processes when given a reduction).
 ``Z_ema`` (init 0.5) is a buffer, so it is saved in checkpoints.
 
-Evaluation (``eval()`` mode): Z is estimated once from ``num_z_eval_samples`` proposal samples
-streamed in chunks of ``z_eval_chunk_size`` (memory flat; optionally antithetic pairs
-``x, 2 mean - x``), cached in the ``z_eval`` buffer and cleared when the module returns to
-training mode. The LARS paper used 1e10 samples; the defaults here are 1e8 (a 50-d latent takes
+Evaluation: every other use of the density, ``log_prob_lower_bound`` and ``log_prob_replicas``
+in any mode (also as a VAE's prior outside its training objective), uses an *evaluation* Z
+estimated from ``num_z_eval_samples`` proposal samples streamed in chunks of
+``z_eval_chunk_size`` (memory flat; optionally antithetic pairs ``x, 2 mean - x``), never the
+smoothed training Z. The estimate is cached in the ``z_eval`` buffer together with a copy of
+the values it was computed for (the proposal's and acceptance network's parameters and buffers,
+the data mean) and recomputed on first use after any of them changes, whatever the train/eval
+mode (values, not version counters: PyTorch's fused Adam updates parameters without bumping
+them). Each estimate's cost (samples, seconds) is logged at INFO. :meth:`LARS.set_evaluation_z`
+sets the cache explicitly (e.g. to a Z averaged over processes, or an exact Z in a test); a
+checkpoint saves ``z_eval`` only while it is current (else NaN) and loading one restores it as
+current. The LARS paper used 1e10 samples; the defaults here are 1e8 (a 50-d latent takes
 minutes on 2 CPU cores) and configs in pixel space use 1e6.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Callable
 
 import torch
@@ -38,6 +48,8 @@ from .trs import truncated_rejection_sample
 
 __all__ = ["LARS"]
 
+_log = logging.getLogger(__name__)
+
 
 class LARS(Density):
     """LARS density (truncated rejection sampling with Z estimated).
@@ -48,7 +60,8 @@ class LARS(Density):
         T: truncation, ``T >= 1``.
         num_z_samples: proposal samples per training step for ``Z_curr``.
         num_z_val_samples: proposal samples for Z at validation (cheaper than at test).
-        num_z_eval_samples: proposal samples for the evaluation (test) estimate of Z.
+        num_z_eval_samples: proposal samples for the evaluation estimate of Z (test, and any
+            use of the density outside validation and its training objective).
         z_eval_chunk_size: samples per chunk of that estimate.
         antithetic: use antithetic pairs in the evaluation estimate.
         z_ema_rate: ``eps`` of the moving average.
@@ -87,7 +100,9 @@ class LARS(Density):
         self.register_data_mean(data_mean)
         self.register_buffer("z_ema", torch.tensor(0.5))
         self.register_buffer("z_eval", torch.tensor(math.nan))
+        self._z_eval_inputs: list[Tensor] | None = None  # the values z_eval was estimated for
         self._pending_z_s: Tensor | None = None
+        self.register_load_state_dict_post_hook(LARS._restore_z_eval)
 
     def logit(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Acceptance logit ``f(x)``: ``[*batch]``."""
@@ -125,41 +140,78 @@ class LARS(Density):
         self.z_ema.copy_(value)
         self._pending_z_s = None
 
+    def _z_inputs(self) -> list[Tensor]:
+        """Every tensor ``Z = E_pi[a]`` depends on."""
+        nets = (self.proposal, self.accept_logit)
+        return [*(t for net in nets for t in (*net.parameters(), *net.buffers())), self.data_mean]
+
+    def _z_eval_is_current(self) -> bool:
+        """Whether ``z_eval`` was estimated for the present values of :meth:`_z_inputs` (one
+        host synchronisation)."""
+        saved, now = self._z_eval_inputs, self._z_inputs()
+        if saved is None or len(saved) != len(now):
+            return False
+        if any((a.shape, a.dtype, a.device) != (b.shape, b.dtype, b.device) for a, b in zip(saved, now)):
+            return False
+        return bool(torch.stack([(a == b).all() for a, b in zip(saved, now)]).all())
+
+    @torch.no_grad()
+    def set_evaluation_z(self, z: Tensor | float) -> None:
+        """Make ``z`` the evaluation Z for the present parameters (until one of them changes)."""
+        self.z_eval.copy_(torch.as_tensor(z, dtype=self.z_eval.dtype))
+        self._z_eval_inputs = [t.detach().clone() for t in self._z_inputs()]
+
     @torch.no_grad()
     def estimate_z(
         self, num_samples: int | None = None, chunk_size: int | None = None, antithetic: bool | None = None
     ) -> Tensor:
-        """Streamed Monte Carlo estimate of ``Z = E_pi[a]`` (float64 accumulation), cached in
-        ``z_eval``. Memory is that of one chunk."""
+        """Streamed Monte Carlo estimate of ``Z = E_pi[a]`` (float64 accumulation), made the
+        evaluation Z (:meth:`set_evaluation_z`). Memory is that of one chunk. It draws on a
+        forked random stream, so the caller's stream is where it was (and a checkpointed
+        evaluation that triggers it recomputes on the same random numbers)."""
         n = check_positive_int("num_samples", num_samples or self.num_z_eval_samples)
         chunk = check_positive_int("chunk_size", chunk_size or self.z_eval_chunk_size)
         antithetic = self.antithetic if antithetic is None else antithetic
         if antithetic and not hasattr(self.proposal, "reflect"):
             raise ValueError(f"antithetic=True needs a proposal with reflect(); {type(self.proposal).__name__} has none")
-        total = torch.zeros((), dtype=torch.float64, device=self.z_ema.device)
+        device = self.z_ema.device
+        start = time.perf_counter()
+        total = torch.zeros((), dtype=torch.float64, device=device)
         done = 0
-        while done < n:
-            m = min(chunk, n - done)
-            if antithetic:
-                half = self.proposal.sample((m + 1) // 2)
-                xs = torch.cat([half, self.proposal.reflect(half)])[:m]
-            else:
-                xs = self.proposal.sample(m)
-            total += torch.sigmoid(self.logit(xs)).double().sum()
-            done += m
-        self.z_eval.copy_(total / n)
+        with torch.random.fork_rng([device] if device.type == "cuda" else []):
+            while done < n:
+                m = min(chunk, n - done)
+                if antithetic:
+                    half = self.proposal.sample((m + 1) // 2)
+                    xs = torch.cat([half, self.proposal.reflect(half)])[:m]
+                else:
+                    xs = self.proposal.sample(m)
+                total += torch.sigmoid(self.logit(xs)).double().sum()
+                done += m
+        self.set_evaluation_z(total / n)
+        if device.type != "meta":
+            _log.info(f"LARS: evaluation Z = {self.z_eval.item():.6g} from {n} proposal samples in "
+                      f"{time.perf_counter() - start:.2f} s")
         return self.z_eval.clone()
 
     def evaluation_z(self) -> Tensor:
-        """The cached evaluation estimate of Z, computed on first use."""
-        if not bool(torch.isfinite(self.z_eval)):
+        """The evaluation Z: the cached estimate while it is current, else a fresh one."""
+        if not self._z_eval_is_current():
             self.estimate_z()
         return self.z_eval
 
-    def train(self, mode: bool = True) -> "LARS":
-        if mode:
-            self.z_eval.fill_(math.nan)  # parameters will change: the estimate goes stale
-        return super().train(mode)
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if not self._z_eval_is_current():  # an estimate for other parameters is no estimate
+            destination[prefix + "z_eval"] = torch.full_like(self.z_eval, math.nan)
+
+    def _restore_z_eval(self, incompatible_keys) -> None:
+        """After ``load_state_dict``: a loaded finite ``z_eval`` is current for the loaded parameters."""
+        loaded = not any(k.endswith("z_eval") for k in incompatible_keys.missing_keys)
+        if loaded and bool(torch.isfinite(self.z_eval)):
+            self.set_evaluation_z(self.z_eval.clone())
+        else:
+            self._z_eval_inputs = None
 
     # -- density ----------------------------------------------------------------------------------
 
@@ -169,20 +221,38 @@ class LARS(Density):
         return lars_log_prob(log_pi, logsigmoid(self.logit(x)), z, self.T)
 
     def log_prob_replicas(self, x: Tensor, num_replicas: int, context: Tensor | None = None) -> Tensor:
-        """Log-density *estimate* (training: smoothed Z of the step; eval: the cached estimate)."""
+        """Log-density *estimate* with the evaluation Z (:meth:`evaluation_z`), in any mode."""
         if context is not None:
             raise ValueError("LARS is unconditional: its Z would depend on the context")
-        z = self.training_z() if self.training else self.evaluation_z()
-        return self.log_prob_given_z(x, z.to(x.dtype), num_replicas)
+        return self.log_prob_given_z(x, self.evaluation_z().to(x.dtype), num_replicas)
 
     def bound_and_diagnostics(self, x: Tensor, context: Tensor | None = None, diagnostics: bool = True):
-        """Training log-density *estimate* ``[B]``; diagnostics: the smoothed Z and Z_ema."""
+        """Training log-density *estimate* ``[B]`` with the smoothed training Z (in training
+        mode; the evaluation Z otherwise); diagnostics: that Z and Z_ema (none with
+        ``diagnostics=False``)."""
         self.check_input(x, context)
-        estimate = self.log_prob_replicas(x, 1, context)[0]
-        if not diagnostics:
-            return estimate, {}
-        diag = {"z": self._pending_z_s if self._pending_z_s is not None else self.z_eval, "z_ema": self.z_ema}
-        return estimate, diag
+        if not self.training:
+            estimate, z = self.log_prob_replicas(x, 1, context)[0], self.z_eval
+        else:
+            estimate, z = self.log_prob_given_z(x, self.training_z())[0], self._pending_z_s
+        return estimate, {"z": z, "z_ema": self.z_ema} if diagnostics else {}
+
+    def log_prob_for_elbo(self, z: Tensor, log_q: Tensor, objective: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        """As a VAE's prior, ``[m, B]`` estimates of ``log q_T(z)`` at posterior samples ``z [m, B, L]``.
+
+        In the training objective (in training mode) ``Z_curr`` also uses the reweighted
+        posterior samples, ``(S Ẑ_S + stopgrad(pi(z)/q(z|x)) a(z)) / (S + 1)`` per example
+        (Bauer & Mnih 2019), smoothed by the moving average; diagnostics: the mean smoothed Z.
+        Otherwise each replica uses the evaluation Z.
+        """
+        if not (objective and self.training):
+            return super().log_prob_for_elbo(z, log_q, objective)
+        flat = z.reshape(-1, *self.event_shape)
+        log_pi = self.proposal.log_prob_replicas(flat, 1)[0]
+        log_a = logsigmoid(self.logit(flat))
+        extra = torch.exp(log_pi - log_q.reshape(-1)).detach() * log_a.exp()
+        estimate = lars_log_prob(log_pi, log_a, self.training_z(extra), self.T).reshape(z.shape[:2])
+        return estimate, {"z": self._pending_z_s.mean()}
 
     def sample(self, n: int, context: Tensor | None = None) -> Tensor:
         """Exact samples ``[n, *event]`` of the truncated rejection sampler."""

@@ -15,10 +15,12 @@ unbiased for its density (Normal, SNIS, HIS, LARS with its exact Z), so
 ``log_prob_lower_bound(x, S) = log (1/S) sum_s exp(l_s)`` is the IWAE bound (Burda et al. 2016),
 streamed in chunks of ``eval_chunk_size`` replicas. ``beta < 1`` (KL warm-up) is for training only.
 
-**LARS prior** (Bauer & Mnih 2019; ALGORITHMS.md 2.4). In training the acceptance rate also
-uses the reweighted posterior sample: ``Z_curr = (S Ẑ_S + stopgrad(pi(z)/q(z|x)) a(z)) / (S + 1)``
-per example (:meth:`LARS.training_z` with ``extra``), smoothed by the LARS moving average; at
-evaluation Z is the prior's large-sample estimate. Its value is then a log-likelihood *estimate*.
+The prior's term comes from its one hook, :meth:`Density.log_prob_for_elbo`, given the posterior
+samples, their ``log q(z_top | x)`` and whether the value enters the training objective
+(:meth:`bound_and_diagnostics`), and the model reports the prior's diagnostics as
+``prior_<name>``; the model never asks which prior it holds. A **LARS prior** (Bauer & Mnih
+2019; ALGORITHMS.md 2.4) uses this to include the reweighted posterior sample in its training
+acceptance rate, and its evaluation Z elsewhere; the value is then a log-likelihood *estimate*.
 
 Sampling: ``z_top ~ prior`` (reparameterised where the prior is), intermediate latents from the
 generative model, then ``x ~ p(x | z)``; :meth:`rsample` uses the likelihood's reparameterised
@@ -38,11 +40,9 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.nn.functional import logsigmoid, softplus
+from torch.nn.functional import softplus
 
-from ..bounds import lars_log_prob
 from .base import LOG_2PI, Density, check_positive_int
-from .lars import LARS
 from .likelihoods import make_likelihood
 from .normal import Normal
 
@@ -168,27 +168,12 @@ class LatentVariableModel(Density):
 
     # -- the bound ---------------------------------------------------------------------------
 
-    def prior_log_prob(self, z: Tensor, log_q_top: Tensor) -> Tensor:
-        """``[m, B]`` one-sample estimates of ``log p_prior(z)`` for ``z [m, B, L]``, with fresh
-        prior auxiliaries for each replica (shared across the batch, as the EIMs share negatives)."""
-        prior = self.prior
-        m, b = z.shape[:2]
-        if isinstance(prior, LARS) and prior.training:
-            flat = z.reshape(m * b, -1)
-            log_pi = prior.proposal.log_prob_replicas(flat, 1)[0]
-            log_a = logsigmoid(prior.logit(flat))
-            extra = torch.exp(log_pi - log_q_top.reshape(-1)).detach() * log_a.exp()
-            return lars_log_prob(log_pi, log_a, prior.training_z(extra), prior.T).reshape(m, b)
-        if isinstance(prior, Normal):
-            return prior.log_prob(z)
-        return torch.stack([prior.log_prob_replicas(zi, 1)[0] for zi in z.unbind(0)])
-
-    def _log_weights(self, x: Tensor, m: int) -> tuple[Tensor, Tensor]:
-        """``(log p(x|z), log p(z) - log q(z|x))``, each ``[m, B]``."""
+    def _log_weights(self, x: Tensor, m: int, objective: bool) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """``(log p(x|z), log p(z) - log q(z|x))``, each ``[m, B]``, and the prior's diagnostics."""
         inf = self._infer(x, m)
         log_lik = self.likelihood.log_prob(x, inf.decoder_out)
-        log_prior = self.prior_log_prob(inf.z_top, inf.log_q_top)
-        return log_lik, inf.log_p_rest + log_prior - inf.log_q_top - inf.log_q_rest
+        log_prior, prior_diag = self.prior.log_prob_for_elbo(inf.z_top, inf.log_q_top, objective)
+        return log_lik, inf.log_p_rest + log_prior - inf.log_q_top - inf.log_q_rest, prior_diag
 
     def log_prob_replicas(self, x: Tensor, num_replicas: int, context: Tensor | None = None) -> Tensor:
         check_positive_int("num_replicas", num_replicas)
@@ -196,21 +181,21 @@ class LatentVariableModel(Density):
             raise ValueError(f"{type(self).__name__} is unconditional: it takes no context")
         if self.validate_args:  # also when this model is an EIM's proposal (its owner checks shapes only)
             self.likelihood.check(x, type(self).__name__)
-        log_lik, log_ratio = self._log_weights(x, num_replicas)
+        log_lik, log_ratio, _ = self._log_weights(x, num_replicas, objective=False)
         return log_lik + log_ratio
 
     def bound_and_diagnostics(self, x: Tensor, context: Tensor | None = None, beta: float = 1.0):
         """Training objective ``log p(x|z) + beta (log p(z) - log q(z|x))`` ``[B]`` (the ELBO at
-        ``beta = 1``); diagnostics: the ELBO, its reconstruction term and its KL term."""
+        ``beta = 1``); diagnostics: the ELBO, its reconstruction term, its KL term and the
+        prior's diagnostics (``prior_<name>``)."""
         self.check_input(x, context)
-        log_lik, log_ratio = self._log_weights(x, 1)
+        log_lik, log_ratio, prior_diag = self._log_weights(x, 1, objective=True)
         objective = log_lik[0] + beta * log_ratio[0]
         with torch.no_grad():
             diag = {"elbo": log_lik[0] + log_ratio[0], "log_likelihood": log_lik[0], "kl": -log_ratio[0]}
             if beta != 1.0:
                 diag["beta"] = torch.tensor(float(beta))
-            if isinstance(self.prior, LARS) and self.prior._pending_z_s is not None:
-                diag["prior_z"] = self.prior._pending_z_s.mean()
+            diag.update({f"prior_{name}": value for name, value in prior_diag.items()})
         return objective, diag
 
     # -- sampling ------------------------------------------------------------------------------

@@ -72,6 +72,11 @@ class Normal(Density):
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact log-density ``[*batch]`` of ``x [*batch, dim]``."""
+        if x.dim() == 0 or x.shape[-1:] != self.event_shape:
+            raise ValueError(
+                f"Normal over [{self.event_shape[0]}] expected input of shape [..., {self.event_shape[0]}], "
+                f"got {list(x.shape)}"
+            )
         scale = self.scale
         z = (x - self.loc) / scale
         return -0.5 * (z.square() + LOG_2PI).sum(-1) - torch.log(scale).sum()
@@ -85,6 +90,10 @@ class Normal(Density):
         self.check_input(x, context)
         check_positive_int("num_samples", num_samples)
         return self.log_prob(x)
+
+    def log_prob_for_elbo(self, z: Tensor, log_q: Tensor, objective: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        """As a prior: the exact ``log N(z)`` ``[m, B]`` of posterior samples ``z [m, B, dim]``."""
+        return self.log_prob(z), {}
 
     def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
         shape = self._sample_shape(n, context)

@@ -79,18 +79,18 @@ class SNIS(Density):
         """``U(x)`` for ``x [*batch, *event]``: ``[*batch]``."""
         return evaluate_net(self.energy, x, self.event_ndim, context, self.data_mean)
 
-    def _negatives(self, num_replicas: int, batch: int, context: Tensor | None) -> Tensor:
-        """Energies of the K-1 negatives: ``[K-1, m, B]`` (or ``[K-1, m, 1]`` when shared)."""
+    def negative_samples(self, num_replicas: int, batch: int, context: Tensor | None = None) -> Tensor:
+        """The K-1 proposal samples ``x'_j ~ pi`` of ``num_replicas`` replicas of the bound:
+        ``[K-1, m, n, *event]`` with ``n = 1`` when shared across the batch, else ``n = B``."""
         k1 = self.num_proposals - 1
+        n = 1 if context is None and self.share_proposal_samples else batch
         if k1 == 0:
-            return self.data_mean.new_empty(0, num_replicas, 1)
-        if context is not None:
+            return self.data_mean.new_empty(0, num_replicas, n, *self.event_shape)
+        if context is None:
+            neg = self.proposal.rsample(k1 * num_replicas * n)
+        else:
             neg = self.proposal.rsample(k1 * num_replicas, context)  # [k1*m, B, *event]
-            u = self.log_weight(neg, context)
-            return u.reshape(k1, num_replicas, batch)
-        n_per = 1 if self.share_proposal_samples else batch
-        neg = self.proposal.rsample(k1 * num_replicas * n_per)
-        return self.log_weight(neg).reshape(k1, num_replicas, n_per)
+        return neg.reshape(k1, num_replicas, n, *self.event_shape)
 
     def _bound_terms(self, x: Tensor, num_replicas: int, context: Tensor | None):
         log_pi = self.proposal.log_prob_replicas(x, num_replicas, context)  # [m, B]
@@ -101,7 +101,7 @@ class SNIS(Density):
             u = self.log_weight(torch.cat([x, neg.to(x.dtype)]))
             return log_pi, u[: x.shape[0]], u[x.shape[0]:].reshape(k1, num_replicas, 1)
         u_x = self.log_weight(x, context)  # [B]
-        u_neg = self._negatives(num_replicas, x.shape[0], context)
+        u_neg = self.log_weight(self.negative_samples(num_replicas, x.shape[0], context), context)  # [K-1, m, n]
         return log_pi, u_x, u_neg
 
     def log_prob_replicas(self, x: Tensor, num_replicas: int, context: Tensor | None = None) -> Tensor:

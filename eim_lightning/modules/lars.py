@@ -11,7 +11,11 @@ estimated, its value is **an estimate of log q_T(x), not a bound**: it is logged
   streamed in chunks and averaged over processes.
 
 Both are done by :class:`BoundEstimatorMixin` for every LARS density inside any module (so a
-VAE with a LARS prior gets them too).
+VAE with a LARS prior gets them too). Any other evaluation of the density
+(``module.density.log_prob_lower_bound(x, 1000)`` after ``trainer.fit``, in either mode) uses
+the evaluation Z too, re-estimated from ``num_z_eval_samples`` samples when the parameters have
+changed since (see :class:`eim_lightning.densities.LARS`); only the training step uses the
+moving average.
 
 ``LARS(data_dim=2)`` is the paper's 2-D model: N(0, I) proposal, acceptance MLP 20-20 tanh,
 T = 1024 and K = 1024 samples for Z per step.

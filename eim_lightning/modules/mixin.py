@@ -57,8 +57,13 @@ from .randomness import RandomStateMixin
 __all__ = ["BoundEstimatorMixin", "default_proposal", "default_mlp", "resolve_density"]
 
 
-def default_proposal(data_dim: int, proposal: Density | None) -> Density:
-    """``proposal``, or the paper's default N(0, I) over ``data_dim``."""
+def default_proposal(data_dim: int, proposal: Density | None, dim_name: str = "data_dim") -> Density:
+    """``proposal`` (which must be a density over ``[data_dim]``), or the paper's default N(0, I)."""
+    if proposal is not None and tuple(proposal.event_shape) != (data_dim,):
+        raise ValueError(
+            f"{dim_name} is {data_dim} but the proposal ({type(proposal).__name__}) is a density over "
+            f"{list(proposal.event_shape)}: set {dim_name} to the proposal's dimension, or pass a proposal over [{data_dim}]"
+        )
     return proposal if proposal is not None else Normal(data_dim)
 
 
@@ -144,7 +149,9 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
     def setup(self, stage: str) -> None:
         trainer = getattr(self, "_trainer", None)
         dm = getattr(trainer, "datamodule", None) if trainer is not None else None
-        self.density.validate_args = self.validate_inputs
+        for module in self.modules():  # nested densities too (a VAE as an EIM's proposal, a prior)
+            if isinstance(module, Density):
+                module.validate_args = self.validate_inputs
         self.separate_rank_streams(stage)
         self.configure_step_engine(stage)
         if dm is None:

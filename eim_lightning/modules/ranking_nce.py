@@ -66,14 +66,10 @@ class RankingNCE(SNIS):
             parameter.requires_grad_(False)
 
     def noise_samples(self, batch: int) -> Tensor:
-        """``K - 1`` noise samples, ``[K-1, 1, *event]`` when shared, else ``[K-1, B, *event]``.
-
-        Drawn exactly as SNIS draws its negatives, so both see the same noise under one seed."""
-        density = self.density
-        n_per, k1 = (1 if density.share_proposal_samples else batch), density.num_proposals - 1
-        if k1 == 0:
-            return density.data_mean.new_empty(0, n_per, *density.event_shape)
-        return density.proposal.sample(k1 * n_per).reshape(k1, n_per, *density.event_shape)
+        """``K - 1`` noise samples, ``[K-1, 1, *event]`` when shared, else ``[K-1, B, *event]``:
+        the SNIS density's negatives (:meth:`~eim_lightning.densities.SNIS.negative_samples`)."""
+        with torch.no_grad():
+            return self.density.negative_samples(1, batch)[:, 0]
 
     def classification_logits(self, x: Tensor, noise: Tensor) -> Tensor:
         """Logits ``[B, K]`` of the K-way classifier, the data point in class 0."""
