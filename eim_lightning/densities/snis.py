@@ -97,7 +97,7 @@ class SNIS(Density):
         k1 = self.num_proposals - 1
         if context is None and self.share_proposal_samples and k1 > 0:
             # one pass of the energy over the data and the shared negatives
-            neg = self.proposal.rsample(k1 * num_replicas)
+            neg = self.negative_samples(num_replicas, x.shape[0]).reshape(-1, *self.event_shape)
             u = self.log_weight(torch.cat([x, neg.to(x.dtype)]))
             return log_pi, u[: x.shape[0]], u[x.shape[0]:].reshape(k1, num_replicas, 1)
         u_x = self.log_weight(x, context)  # [B]

@@ -287,7 +287,7 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
         for lars in self._lars_densities():
             n = lars.num_z_val_samples if stage == "val" else lars.num_z_eval_samples
             z = lars.estimate_z(n)
-            lars.z_eval.copy_(self._mean_over_processes(z.to(lars.z_eval.dtype)))
+            lars.set_evaluation_z(self._mean_over_processes(z.to(lars.z_eval.dtype)))
 
     # -- hooks ----------------------------------------------------------------------------------
 
