@@ -1,0 +1,195 @@
+"""Ours beside the authors' TF1 code (``../shared/tfref``), measured in one run, alternating.
+
+Two tables for the four 2-D EIMs (SNIS K = 1024, TRS T = 1024, LARS T = 1024, HIS T = 5; batch
+128, Adam 3e-4, both sides at their default thread counts):
+
+1. **Per optimiser step**: ours through ``Trainer.fit`` at the module's defaults with
+   ``Toy2DDataModule`` (logger, checkpointing and progress bar off, as ``toy2d_steps.py`` runs
+   it), against the authors' *whole script* per step (from its own log timestamps, hooks,
+   summaries and checkpoints included) and their *bare* ``sess.run(train_op)``.
+2. **Whole process**: ``eim fit --config configs/toy2d/<algo>_nine_gaussians.yaml`` for
+   ``--steps`` steps (the shipped trainer: TensorBoard logger, checkpoints, image callback,
+   progress bar and validation), against ``python -m eim.small_problems`` for the same steps,
+   both timed as the wall time of a fresh process.
+
+Every measurement runs in its own process; ours and theirs alternate in ``--windows`` windows
+(default 3) and each cell is the median. A ratio is TF's time / ours: above 1, ours is faster.
+Where the TF reference is not installed the tables hold ours alone and say how to install it.
+
+    python bench/vs_tf.py --output docs/BENCHMARKS.md          # make bench (about 25 minutes)
+    python bench/vs_tf.py --windows 1 --steps 2000 --part step  # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EIM_SHARED_DIR", REPO.parent / "shared"))
+TFREF = SHARED / "tfref"
+EIMREF = Path(os.environ.get("EIMREF", Path.home() / ".cache" / "eimref"))
+TF_PYTHON = EIMREF / "venv" / "bin" / "python"
+sys.path.insert(0, str(REPO / "bench"))
+
+ALGOS = {  # TF's --algo name: (our model, its size)
+    "nis": ("SNIS", "K = 1024"),
+    "rejection_sampling": ("TRS", "T = 1024"),
+    "lars": ("LARS", "T = 1024"),
+    "his": ("HIS", "T = 5"),
+}
+CONFIG = {"nis": "snis", "rejection_sampling": "trs", "lars": "lars", "his": "his"}
+
+_OURS_STEP = """
+import statistics, sys
+sys.path.insert(0, {bench!r})
+import toy2d_steps as T
+from eim_lightning import HIS, LARS, SNIS, TRS
+make = {{"nis": lambda: SNIS(), "rejection_sampling": lambda: TRS(), "lars": lambda: LARS(),
+        "his": lambda: HIS()}}[{algo!r}]
+print("MS", 1e3 * statistics.median(T.lightning_seconds(make, {steps}, {warmup}, 1, False)))
+"""
+
+
+def tf_installed() -> bool:
+    return TF_PYTHON.exists() and (EIMREF / "eim").is_dir()
+
+
+def _run(cmd: list[str], cwd: Path | None = None, env: dict | None = None) -> tuple[float, str]:
+    """Wall seconds and combined output of a fresh process; raises if it fails."""
+    began = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    took = time.perf_counter() - began
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return took, proc.stdout + proc.stderr
+
+
+def ours_step_ms(algo: str, steps: int, warmup: int) -> float:
+    code = _OURS_STEP.format(bench=str(REPO / "bench"), algo=algo, steps=steps, warmup=warmup)
+    _, out = _run([sys.executable, "-c", code], cwd=REPO)
+    return float(re.search(r"^MS ([0-9.]+)", out, re.M).group(1))
+
+
+def tf_bare_ms(algo: str, steps: int) -> float:
+    _, out = _run([str(TF_PYTHON), str(TFREF / "bench_tf_step.py"), "--algo", algo, "--K", "1024", "--steps", str(steps),
+                   "--repeats", "1", "--target", "checkerboard"])
+    return float(re.search(rf"^{algo} 1024 ([0-9.]+)$", out, re.M).group(1))
+
+
+def tf_script(algo: str, steps: int, target: str) -> tuple[float, float]:
+    """(wall seconds of the whole process, ms per step from its log timestamps)."""
+    with tempfile.TemporaryDirectory() as logdir:
+        took, out = _run([str(TF_PYTHON), "-m", "eim.small_problems", f"--algo={algo}", "--K=1024",
+                          f"--target={target}", f"--max_steps={steps}", f"--logdir={logdir}"],
+                         cwd=EIMREF, env={"PYTHONPATH": str(EIMREF), "TF_CPP_MIN_LOG_LEVEL": "2"})
+        log = Path(logdir) / "tf.log"
+        log.write_text(out)
+        _, parsed = _run([sys.executable, str(TFREF / "parse_upstream_log.py"), algo, str(log)])
+    match = re.search(r"ts_ms_per_step=([0-9.]+)", parsed)
+    return took, float(match.group(1)) if match else float("nan")
+
+
+def ours_process_s(algo: str, steps: int) -> float:
+    with tempfile.TemporaryDirectory() as out:
+        took, _ = _run([sys.executable, "-m", "eim_lightning", "fit", "--config",
+                        f"configs/toy2d/{CONFIG[algo]}_nine_gaussians.yaml", "--trainer.max_steps", str(steps),
+                        "--trainer.logger.init_args.save_dir", out], cwd=REPO)
+    return took
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    return "n/a" if value != value else f"{value:.{digits}f}"
+
+
+def per_step_table(windows: int, steps: int, warmup: int, with_tf: bool) -> list[str]:
+    rows = []
+    for algo, (model, size) in ALGOS.items():
+        ours, bare, script = [], [], []
+        for _ in range(windows):
+            ours.append(ours_step_ms(algo, steps, warmup))
+            if with_tf:
+                bare.append(tf_bare_ms(algo, steps))
+                script.append(tf_script(algo, max(4000, warmup + steps + 1000), "checkerboard")[1])
+            print(f"  {model}: ours {ours[-1]:.3f} ms" + (f", TF bare {bare[-1]:.3f}, TF script {script[-1]:.3f}"
+                                                         if with_tf else ""), flush=True)
+        o, b, s = _median(ours), _median(bare), _median(script)
+        rows.append(f"| {model} | {size} | {_fmt(o, 3)} | {_fmt(s, 3)} | {_fmt(b, 3)} | {_fmt(s / o)} | {_fmt(b / o)} |")
+    return rows
+
+
+def process_table(windows: int, steps: int, with_tf: bool) -> list[str]:
+    rows = []
+    for algo, (model, size) in ALGOS.items():
+        ours, theirs = [], []
+        for _ in range(windows):
+            ours.append(ours_process_s(algo, steps))
+            if with_tf:
+                theirs.append(tf_script(algo, steps, "nine_gaussians")[0])
+            print(f"  {model}: ours {ours[-1]:.1f} s" + (f", TF {theirs[-1]:.1f} s" if with_tf else ""), flush=True)
+        o, t = _median(ours), _median(theirs)
+        rows.append(f"| {model} | {size} | {_fmt(o, 1)} | {_fmt(t, 1)} | {_fmt(t / o)} |")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--windows", type=int, default=3)
+    parser.add_argument("--step-steps", type=int, default=3000, help="timed steps per window (per-step table)")
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=20_000, help="steps of the whole-process runs")
+    parser.add_argument("--part", choices=("step", "process", "both"), default="both")
+    parser.add_argument("--output", default=None, help="write the Markdown here")
+    opts = parser.parse_args(argv)
+    from machine import describe
+
+    with_tf = tf_installed()
+    began = time.time()
+    text = ["# Speed beside the authors' TF1 code", ""]
+    if not with_tf:
+        text += [f"**The TF reference is not installed** (looked for `{TF_PYTHON}`): these tables hold our numbers "
+                 "alone. Install it with `bash ../shared/tfref/install.sh` (a TF 2.15 CPU venv in "
+                 "`~/.cache/eimref`, a few minutes) and rerun `make bench`.", ""]
+    if opts.part in ("step", "both"):
+        print("per-step table", flush=True)
+        rows = per_step_table(opts.windows, opts.step_steps, opts.warmup, with_tf)
+        text += ["## Per optimiser step, 2-D (batch 128, checkerboard)", "",
+                 f"Ours: `Trainer.fit` at the module's defaults (logger, checkpoints, progress bar off; {opts.step_steps} "
+                 f"timed steps after {opts.warmup}); TF script: the authors' whole `eim.small_problems` loop, ms per step "
+                 "from its own log timestamps; TF bare: `sess.run(train_op)` alone (`bench_tf_step.py`). "
+                 "Ratio = TF / ours (above 1: ours is faster).", "",
+                 "| model | size | ours (ms/step) | TF script (ms/step) | TF bare (ms/step) | ratio to TF script | ratio to TF bare |",
+                 "|---|---|---|---|---|---|---|", *rows, ""]
+    if opts.part in ("process", "both"):
+        print("whole-process table", flush=True)
+        rows = process_table(opts.windows, opts.steps, with_tf)
+        text += [f"## Whole process, {opts.steps:,} steps on nine_gaussians", "",
+                 "Ours: `eim fit --config configs/toy2d/<algo>_nine_gaussians.yaml --trainer.max_steps "
+                 f"{opts.steps}` as shipped (TensorBoard logger, checkpoints, image callback, progress bar, validation "
+                 "every 1000 steps), start-up included; TF: `python -m eim.small_problems --algo=... --K=1024 "
+                 f"--target=nine_gaussians --max_steps={opts.steps}`. Wall seconds of a fresh process; ratio = TF / ours.",
+                 "", "| model | size | ours (s) | TF (s) | ratio |", "|---|---|---|---|---|", *rows, ""]
+    text += [f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {describe()}; both sides at their default thread "
+             f"counts (torch: {os.cpu_count()} intra-op threads; TF: its defaults). Ours and TF alternate in "
+             f"{opts.windows} windows, each cell the median; the whole run took {(time.time() - began) / 60:.1f} "
+             f"minutes. Command: `python bench/vs_tf.py {' '.join(argv if argv is not None else sys.argv[1:])}`. "
+             "These shared machines drift up to 2x between runs: compare the ratios, not the times across runs.", ""]
+    print("\n".join(text))
+    if opts.output:
+        Path(opts.output).write_text("\n".join(text))
+
+
+if __name__ == "__main__":
+    main()
