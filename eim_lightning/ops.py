@@ -1,8 +1,11 @@
 """Layer 1: numerically safe log-space primitives (pure torch, no state).
 
-Every function here is deterministic, differentiable and NaN-safe by construction:
+Every function here is deterministic and differentiable, and handles the special values
+without host syncs (no branching on tensor values):
 
-* ``logsumexp`` of an all ``-inf`` slice (or an empty one) is ``-inf``, never NaN;
+* ``logsumexp`` of an all ``-inf`` slice (or an empty one) is ``-inf``, never NaN, with gradient 0;
+* a NaN anywhere in a slice makes its result NaN: never a finite number (a NaN energy must
+  not turn into a finite, flattering bound); ``+inf`` gives ``+inf``;
 * ``log_mean_exp(x) = logsumexp(x) - log n``;
 * ``log1mexp(a) = log(1 - exp(a))`` for ``a <= 0`` (Maechler 2012), stable at both ends;
 * ``chunked_log_mean_exp`` combines ``n`` independent replicas of a per-example
@@ -38,7 +41,8 @@ def as_float32_or_wider(x: Tensor) -> Tensor:
 
 
 def logsumexp(x: Tensor, dim: int = 0, keepdim: bool = False) -> Tensor:
-    """``log(sum(exp(x)))`` along ``dim``; ``-inf`` (not NaN) for all ``-inf`` or empty slices."""
+    """``log(sum(exp(x)))`` along ``dim``; ``-inf`` (not NaN) for all ``-inf`` or empty slices,
+    NaN for slices containing a NaN."""
     x = as_float32_or_wider(x)
     if x.shape[dim] == 0:
         shape = list(x.shape)
@@ -50,14 +54,15 @@ def logsumexp(x: Tensor, dim: int = 0, keepdim: bool = False) -> Tensor:
     m = x.amax(dim=dim, keepdim=True)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).detach()
     s = torch.exp(x - m).sum(dim=dim, keepdim=True)
-    # all -inf slices: value -inf, gradient 0 (instead of 0 * inf = NaN)
-    positive = s > 0
-    out = torch.where(positive, m + torch.log(torch.where(positive, s, torch.ones_like(s))), torch.full_like(s, -math.inf))
+    # all -inf slices (s = 0): value -inf, gradient 0 (instead of 0 * inf = NaN). A NaN gives
+    # s = NaN, which is not 0, so it reaches the output.
+    dead = s == 0
+    out = torch.where(dead, torch.full_like(s, -math.inf), m + torch.log(torch.where(dead, torch.ones_like(s), s)))
     return out if keepdim else out.squeeze(dim)
 
 
 def log_mean_exp(x: Tensor, dim: int = 0, keepdim: bool = False) -> Tensor:
-    """``log(mean(exp(x)))`` along ``dim``, NaN-safe like :func:`logsumexp`."""
+    """``log(mean(exp(x)))`` along ``dim``, with the special values of :func:`logsumexp`."""
     n = x.shape[dim]
     if n == 0:
         raise ValueError("log_mean_exp over an empty dimension is undefined")
@@ -96,7 +101,7 @@ def chunked_log_mean_exp(
     while done < num_samples:
         m = min(chunk_size, num_samples - done)
         part = logsumexp(replicas(m), dim=0)
-        running = part if running is None else torch.logaddexp(running, part)
+        running = part if running is None else logsumexp(torch.stack([running, part]), dim=0)
         done += m
     assert running is not None
     return running - math.log(num_samples)
