@@ -108,6 +108,23 @@ def test_bound_equals_explicit_enumeration(T, logit_z, form):
     torch.testing.assert_close(got, t64(elbo), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("T", [1, 2, 5, 50])
+def test_zero_acceptance_gives_the_finite_forced_last_draw_term(T):
+    # a(x) = 0: r(T-1|x) = 1, so the exact ELBO is log pi(x) + (T-1) E log(1-a) (before: NaN
+    # from 0 * log 0); the authors' form adds log a(x) = -inf
+    lz = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    log_a = torch.tensor([-math.inf, -1.0], dtype=torch.float64, requires_grad=True)
+    args = (torch.tensor([-1.5, -1.5], dtype=torch.float64), log_a, torch.tensor(E_LOG1M_A, dtype=torch.float64), lz, T)
+    p_last, mean_t, ent = trs_posterior_stats(lz, log_a, T)
+    assert p_last[0] == 1 and mean_t[0] == T - 1 and ent[0] == 0
+    got = trs_lower_bound(*args)
+    assert got[0].item() == pytest.approx(-1.5 + (T - 1) * E_LOG1M_A, rel=1e-14)
+    assert got[1].item() == pytest.approx(enumerated_elbo(-1.5, -1.0, E_LOG1M_A, 0.3, T)[0][0], rel=1e-12)
+    got.sum().backward()
+    assert torch.isfinite(log_a.grad).all() and (T == 1 or torch.isfinite(lz.grad))
+    assert trs_lower_bound(*args, "authors")[0] == -math.inf
+
+
 def test_bound_is_differentiable_in_logit_z_and_matches_finite_differences():
     lz = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
     log_a = t64(LOG_A[::400])
