@@ -26,10 +26,11 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.functional import softplus
 
 from ..ops import chunked_log_mean_exp
 
-__all__ = ["Density", "Particles", "evaluate_net", "check_positive_int"]
+__all__ = ["Density", "Particles", "evaluate_net", "check_positive_int", "positive_scale"]
 
 
 class Particles(NamedTuple):
@@ -46,6 +47,13 @@ def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def positive_scale(raw: Tensor, min_scale: float) -> Tensor:
+    """``max(softplus(raw), min_scale)``: the one convention for a learned scale (standard
+    deviation) in every density, as the authors' ``tf.maximum(softplus(.), 1e-5)``. Its
+    gradient is 0 where the floor is active."""
+    return softplus(raw).clamp_min(min_scale)
 
 
 def evaluate_net(
