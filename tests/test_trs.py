@@ -174,6 +174,23 @@ def test_density_bound_averages_to_the_expected_bound_and_below_log_q(bound, log
     assert np.all(mean < np.log(q_T(T)[idx]) + 5 * se)
 
 
+@pytest.mark.parametrize("T", [2, 5])
+@pytest.mark.parametrize("logit_z", [LOGIT_ZS[2], LOGIT_ZS[4]])
+def test_exp_bound_is_below_q_T_not_unbiased(T, logit_z):
+    """E[exp L_TRS(x)] <= q_T(x), and strictly so even at Z_v = Z (densities/base.py): the ELBO
+    over t is not tight and E_r[t] <= T - 1 < T weights the average over T negatives (Jensen).
+    Unlike SNIS, whose exp(L) averages to q_SNIS (test_snis.py)."""
+    R = 20_000
+    idx = np.arange(800, 2401, 200)  # x in [-4, 4]
+    x = torch.from_numpy(GRID[idx]).unsqueeze(-1)
+    with torch.no_grad():
+        est = make_trs(T, logit_z).log_prob_replicas(x, R).numpy()  # [R, G]
+    ratio = np.exp(est - np.log(q_T(T)[idx]))  # exp(L_TRS(x)) / q_T(x), q_T by quadrature
+    mean, se = ratio.mean(0), ratio.std(0, ddof=1) / math.sqrt(R)
+    assert np.all(se < 0.01), se
+    assert np.all(mean + 5 * se < 1.0), (mean, se)
+
+
 def test_T1_exact_form_is_log_pi():
     x = torch.randn(30, 1, dtype=torch.float64) * 3
     log_pi = torch.distributions.Normal(0.0, 1.0).log_prob(x[:, 0])

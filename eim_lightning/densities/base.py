@@ -10,10 +10,16 @@ Every density is an ``nn.Module`` with::
     density.rsample_particles(n, context=None)         # as a variational family q (ALGORITHMS.md 4)
 
 Subclasses implement :meth:`Density.log_prob_replicas`, ``m`` independent replicas ``[m, B]``
-of a one-sample log-estimate whose exponential is unbiased for the density (so its log is a
-lower bound in expectation), or set ``exact_log_prob = True`` when ``log_prob`` is exact.
-:meth:`log_prob_lower_bound` combines ``num_samples`` replicas
-IWAE-style with a streamed log-mean-exp, so memory depends on ``eval_chunk_size`` only.
+of a one-sample log-estimate ``l`` with ``E[exp l] <= q(x)``, so that ``l`` and the
+log-mean-exp of replicas are lower bounds on ``log q(x)`` in expectation (Jensen), or set
+``exact_log_prob = True`` when ``log_prob`` is exact. The exponential is unbiased,
+``E[exp l] = q(x)``, for SNIS, HIS and importance-weighted latent-variable models with such
+priors, but not for TRS: ``L_TRS`` is an ELBO over the number of rejections t (not tight unless
+r(t|x) is the true posterior) and weights the average of ``log(1 - a)`` over T proposal
+samples by ``E_r[t] <= T - 1 < T``, so by Jensen (twice) ``E[exp L_TRS(x)] <= q_T(x)``, in
+general strictly. (LARS returns an estimate, neither.) :meth:`log_prob_lower_bound` combines
+``num_samples`` replicas IWAE-style with a streamed log-mean-exp, so memory depends on
+``eval_chunk_size`` only.
 
 ``context`` (optional, ``[B, ...]``) is passed to every network of a conditional density;
 samples then have shape ``[n, B, *event_shape]``.
@@ -152,7 +158,7 @@ class Density(nn.Module):
         return self.log_prob(x) if context is None else self.log_prob(x, context)
 
     def log_prob_replicas(self, x: Tensor, num_replicas: int, context: Tensor | None = None) -> Tensor:
-        """``[m, B]`` independent one-sample log-estimates (lower bounds in expectation)."""
+        """``[m, B]`` independent one-sample log-estimates ``l`` with ``E[exp l] <= q(x)``."""
         if self.exact_log_prob:
             check_positive_int("num_replicas", num_replicas)
             return self._exact_log_prob(x, context).expand(num_replicas, x.shape[0])
