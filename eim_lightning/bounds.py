@@ -35,7 +35,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .ops import as_float32_or_wider, log1mexp, logsumexp
+from .ops import as_float32_or_wider, log1mexp, logsumexp, logsumexp_parts
 
 __all__ = [
     "snis_lower_bound",
@@ -55,11 +55,15 @@ def snis_lower_bound(log_pi_x: Tensor, u_x: Tensor, u_neg: Tensor) -> Tensor:
         u_x: ``[B]`` energy (log-weight) at the data.
         u_neg: ``[K-1, B]`` energies of the K-1 other particles, or ``[K-1, 1]`` when the
             negatives are shared across the batch. ``K - 1 = 0`` is allowed (K = 1).
+
+    Computed as ``log pi(x) + log K - log(1 + sum_j e^{U(x'_j) - U(x)})`` from energy
+    differences, so adding a constant to all energies (of any size) changes nothing.
     """
     log_pi_x, u_x, u_neg = map(as_float32_or_wider, (log_pi_x, u_x, u_neg))
     k = u_neg.shape[0] + 1
-    lse = torch.logaddexp(u_x, logsumexp(u_neg, dim=0))
-    return log_pi_x + u_x - (lse - math.log(k))
+    shift, rest = logsumexp_parts(u_neg, dim=0)
+    log_ratio = (shift - u_x) + rest  # log sum_j e^{U(x'_j) - U(x)}
+    return log_pi_x + math.log(k) - torch.logaddexp(torch.zeros_like(log_ratio), log_ratio)
 
 
 def snis_particle_upper_bounds(log_pi: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
@@ -73,7 +77,8 @@ def snis_particle_upper_bounds(log_pi: Tensor, u: Tensor) -> tuple[Tensor, Tenso
         ``(log_s, upper)``, both ``[K, B]``.
     """
     log_pi, u = as_float32_or_wider(log_pi), as_float32_or_wider(u)
-    log_s = u - logsumexp(u, dim=0, keepdim=True)
+    shift, rest = logsumexp_parts(u, dim=0, keepdim=True)
+    log_s = (u - shift) - rest
     return log_s, log_pi + log_s + math.log(u.shape[0])
 
 
@@ -189,7 +194,7 @@ def lars_log_prob(log_pi_x: Tensor, log_a_x: Tensor, z: Tensor, T: int) -> Tenso
     near_zero = (z >= 0) & (last > -1e-2)
     # each branch on arguments safe for the other's entries, so neither makes NaN gradients
     s0 = torch.where(near_zero, s, torch.zeros_like(s))
-    series = math.log(n) + s0 * (n - 1) / 2 + s0**2 * (n * n - 1) / 24 - s0**4 * (n**4 - 1) / 2880
+    series = math.log(n) + s0 * ((n - 1) / 2) + s0**2 * ((n**2 - 1) / 24) - s0**4 * ((n**4 - 1) / 2880)
     z1 = torch.where(near_zero, torch.full_like(z, 0.5), z)
     direct = log1mexp(n * torch.log1p(-z1)) - torch.log(z1)
     log_geo = torch.where(near_zero, series, direct)

@@ -65,7 +65,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from .ops import as_float32_or_wider, logsumexp
+from .ops import as_float32_or_wider, logsumexp, logsumexp_parts, safe_max
 
 __all__ = [
     "Resampling",
@@ -132,11 +132,11 @@ def normalized_log_weights(log_weights: Tensor, dim: int = 0) -> Tensor:
     is NaN where it cannot be normalised (never silently uniform).
     """
     log_weights = as_float32_or_wider(log_weights)
-    lse = logsumexp(log_weights, dim=dim, keepdim=True)
-    dead = lse == -math.inf
-    safe = torch.where(dead, torch.zeros_like(lse), lse)
+    shift, rest = logsumexp_parts(log_weights, dim=dim, keepdim=True)
+    dead = rest == -math.inf
+    safe = torch.where(dead, torch.zeros_like(rest), rest)
     uniform = torch.full_like(log_weights, -math.log(log_weights.shape[dim]))
-    return torch.where(dead, uniform, log_weights - safe)
+    return torch.where(dead, uniform, (log_weights - shift) - safe)  # differences first
 
 
 def effective_sample_size(log_weights: Tensor, dim: int = 0) -> Tensor:
@@ -149,8 +149,7 @@ def effective_sample_size(log_weights: Tensor, dim: int = 0) -> Tensor:
     ``log K`` from being absorbed by a huge max).
     """
     log_weights = as_float32_or_wider(log_weights)
-    m = log_weights.amax(dim=dim, keepdim=True).detach()
-    log_weights = log_weights - torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    log_weights = log_weights - safe_max(log_weights, dim, keepdim=True)
     lse = logsumexp(log_weights, dim=dim)
     lse2 = logsumexp(2.0 * log_weights, dim=dim)
     dead = lse == -math.inf  # where-guards inside and out keep the gradient NaN-free there
@@ -350,9 +349,12 @@ def smc(
         log_w = log_w.to(log_alpha.dtype)
         log_z = log_z.to(log_alpha.dtype)
 
-        # log Σ_k W̄_{t-1}^k α_t^k, and W̄_t (NaN-free: an all -inf column gives -inf and W̄ := 1/K)
-        unnorm = log_w + log_alpha
-        inc = logsumexp(unnorm, dim=0)
+        # log Σ_k W̄_{t-1}^k α_t^k, and W̄_t (NaN-free: an all -inf column gives -inf and W̄ := 1/K).
+        # log α_t is shifted by its per-sequence max first, so that a huge common offset cannot
+        # absorb log W̄_{t-1}: W̄_t depends on the differences of log α_t only.
+        shift = safe_max(log_alpha, 0)
+        unnorm = log_w + (log_alpha - shift)
+        inc = shift + logsumexp(unnorm, dim=0)
         log_z = log_z + inc
         increments.append(inc)
         log_w = normalized_log_weights(unnorm, dim=0)
