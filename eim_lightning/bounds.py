@@ -35,7 +35,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .ops import as_float32_or_wider, log1mexp, logsumexp
+from .ops import as_float32_or_wider, log1mexp, logsumexp, logsumexp_parts
 
 __all__ = [
     "snis_lower_bound",
@@ -55,11 +55,15 @@ def snis_lower_bound(log_pi_x: Tensor, u_x: Tensor, u_neg: Tensor) -> Tensor:
         u_x: ``[B]`` energy (log-weight) at the data.
         u_neg: ``[K-1, B]`` energies of the K-1 other particles, or ``[K-1, 1]`` when the
             negatives are shared across the batch. ``K - 1 = 0`` is allowed (K = 1).
+
+    Computed as ``log pi(x) + log K - log(1 + sum_j e^{U(x'_j) - U(x)})`` from energy
+    differences, so adding a constant to all energies (of any size) changes nothing.
     """
     log_pi_x, u_x, u_neg = map(as_float32_or_wider, (log_pi_x, u_x, u_neg))
     k = u_neg.shape[0] + 1
-    lse = torch.logaddexp(u_x, logsumexp(u_neg, dim=0))
-    return log_pi_x + u_x - (lse - math.log(k))
+    shift, rest = logsumexp_parts(u_neg, dim=0)
+    log_ratio = (shift - u_x) + rest  # log sum_j e^{U(x'_j) - U(x)}
+    return log_pi_x + math.log(k) - torch.logaddexp(torch.zeros_like(log_ratio), log_ratio)
 
 
 def snis_particle_upper_bounds(log_pi: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
@@ -73,7 +77,8 @@ def snis_particle_upper_bounds(log_pi: Tensor, u: Tensor) -> tuple[Tensor, Tenso
         ``(log_s, upper)``, both ``[K, B]``.
     """
     log_pi, u = as_float32_or_wider(log_pi), as_float32_or_wider(u)
-    log_s = u - logsumexp(u, dim=0, keepdim=True)
+    shift, rest = logsumexp_parts(u, dim=0, keepdim=True)
+    log_s = (u - shift) - rest
     return log_s, log_pi + log_s + math.log(u.shape[0])
 
 
@@ -115,9 +120,14 @@ def trs_posterior_stats(logit_z: Tensor, log_a_x: Tensor, T: int) -> tuple[Tenso
     log_p_last, log_p_rest = last - lse, log_rest_w - lse
     p_last, p_rest = log_p_last.exp(), log_p_rest.exp()
     mean_t = p_rest * mean_geo + p_last * (T - 1)
-    h = -(p_last * log_p_last + p_rest * log_p_rest)
+    h = -(_times_log(p_last, log_p_last) + _times_log(p_rest, log_p_rest))
     entropy = h + p_rest * ent_geo
     return p_last, mean_t, entropy
+
+
+def _times_log(p: Tensor, log_q: Tensor) -> Tensor:
+    """``p log q`` with ``0 log 0 = 0`` (for ``a(x) = 0``: ``log_q = -inf``); NaN stays NaN."""
+    return p * log_q.clamp_min(torch.finfo(log_q.dtype).min)
 
 
 def trs_lower_bound(
@@ -145,26 +155,49 @@ def trs_lower_bound(
     p_last, mean_t, entropy = trs_posterior_stats(logit_z, log_a_x, T)
     log_pi_x = as_float32_or_wider(log_pi_x)
     log_a_x = as_float32_or_wider(log_a_x)
-    weight_a = (1.0 - p_last) if form == "exact" else torch.ones_like(p_last)
-    return log_pi_x + weight_a * log_a_x + mean_t * as_float32_or_wider(mean_log1m_a_neg) + entropy
+    a_term = _times_log(1.0 - p_last, log_a_x) if form == "exact" else log_a_x
+    return log_pi_x + a_term + mean_t * as_float32_or_wider(mean_log1m_a_neg) + entropy
 
 
 def lars_log_prob(log_pi_x: Tensor, log_a_x: Tensor, z: Tensor, T: int) -> Tensor:
     """Log-density ``[B]`` of truncated rejection sampling given its acceptance rate ``Z``.
 
-    ``q_T(x) = pi(x) [ a(x) sum_{t=0}^{T-2} (1-Z)^t + (1-Z)^{T-1} ]``. Exact when ``Z`` is
-    the true ``E_pi[a]``; an *estimate* (not a bound) when ``Z`` is estimated (LARS).
+    ``q_T(x) = pi(x) [ a(x) S + (1-Z)^{T-1} ]`` with ``S = sum_{t=0}^{T-2} (1-Z)^t``. Exact when
+    ``Z`` is the true ``E_pi[a]``; an *estimate* (not a bound) when ``Z`` is estimated (LARS).
+
+    With ``n = T - 1`` and ``s = log(1 - Z)``, ``log S = log(1 - e^{n s}) - log Z``, which is
+    0/0 at ``Z = 0`` and cancels catastrophically (value and gradient) near it. There ``log S``
+    is ``log n`` plus the cumulant generating function of ``t`` uniform on ``{0..n-1}``:
+
+        log S = log n + s (n-1)/2 + s^2 (n^2-1)/24 - s^4 (n^4-1)/2880 + O((n s)^6 / 181440),
+
+    used for ``|n s| < 10^-2`` (truncation error below 10^-17). At ``Z = 0`` this is the
+    limit ``log q_T(x) = log pi(x) + log(1 + (T-1) a(x))``.
+
+    ``Z >= 1`` (an overshooting estimate: LARS's reweighted posterior term can exceed 1) is
+    evaluated at ``Z = 1``, ``log q_T(x) = log pi(x) + log a(x)`` for ``T >= 2``, with gradient
+    0 with respect to ``Z`` (gradients with respect to ``log_pi_x`` and ``log_a_x`` are those
+    at ``Z = 1``). A negative or NaN ``Z`` gives NaN. ``T = 1`` gives ``log pi(x)`` for any ``Z``.
 
     Args:
-        z: acceptance rate in (0, 1], a scalar or broadcastable to ``[B]``.
+        z: acceptance rate in [0, 1], a scalar or broadcastable to ``[B]``.
     """
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")
     log_pi_x, log_a_x, z = map(as_float32_or_wider, (log_pi_x, log_a_x, z))
-    log_z = torch.log(z)
-    last = (T - 1) * torch.log1p(-z) if T > 1 else torch.zeros_like(z)
-    # sum_{t=0}^{T-2} (1-Z)^t = (1 - (1-Z)^{T-1}) / Z ; log of it is log1mexp(last) - log Z
-    log_geo = log1mexp(last) - log_z if T > 1 else torch.full_like(z, -math.inf)
+    if T == 1:
+        return log_pi_x + torch.zeros_like(log_a_x + z)
+    n = T - 1
+    z = torch.where(z >= 1, torch.ones_like(z), z)
+    s = torch.log1p(-z)
+    last = n * s  # log (1-Z)^{T-1}
+    near_zero = (z >= 0) & (last > -1e-2)
+    # each branch on arguments safe for the other's entries, so neither makes NaN gradients
+    s0 = torch.where(near_zero, s, torch.zeros_like(s))
+    series = math.log(n) + s0 * ((n - 1) / 2) + s0**2 * ((n**2 - 1) / 24) - s0**4 * ((n**4 - 1) / 2880)
+    z1 = torch.where(near_zero, torch.full_like(z, 0.5), z)
+    direct = log1mexp(n * torch.log1p(-z1)) - torch.log(z1)
+    log_geo = torch.where(near_zero, series, direct)
     return log_pi_x + torch.logaddexp(log_a_x + log_geo, last)
 
 

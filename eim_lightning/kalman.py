@@ -15,7 +15,14 @@ Kalman filter (predict / update), with m_{1|0} = 0, P_{1|0} = q::
 and log p(x_{1:T}) = Σ_t log p(x_t | x_{<t}) exactly. Equivalently x_{1:T} ~ N(0, Σ) with
 Σ = q A Aᵀ + r I, A_{ts} = a^{t-s} for s <= t (the test oracle builds Σ this way).
 
-For SMC (:mod:`.smc`) the two classic proposals and their incremental weights α_t:
+For SMC (:mod:`.smc`), one step with an affine Gaussian proposal
+q(z_t | z_{t-1}, x_t) = N(w_z z_{t-1} + w_x x_t + c, σ²) (:func:`lgssm_step`, the only
+implementation, shared with :class:`eim_lightning.densities.LinearGaussianSSM`) draws
+z_t = mean + σ ε and weighs it by
+
+    α_t = N(z_t; a z_{t-1}, q) N(x_t; z_t, r) / N(z_t; w_z z_{t-1} + w_x x_t + c, σ²).
+
+The two classic proposals (:func:`proposal_coefficients`) simplify it:
 
 * bootstrap, q = p(z_t | z_{t-1}) = N(a z_{t-1}, q):  α_t = p(x_t | z_t) = N(x_t; z_t, r);
 * locally optimal, q = p(z_t | z_{t-1}, x_t) = N(μ, v) with
@@ -52,9 +59,12 @@ __all__ = [
     "lgssm_covariance",
     "transition_log_prob",
     "emission_log_prob",
+    "proposal_coefficients",
+    "affine_proposal",
     "optimal_proposal",
     "predictive_log_prob",
     "sample_lgssm",
+    "lgssm_step",
     "lgssm_smc_step",
 ]
 
@@ -149,11 +159,25 @@ def emission_log_prob(x_t: Tensor, z: Tensor, r) -> Tensor:
     return normal_log_prob(x_t, z, r)
 
 
+def proposal_coefficients(proposal: Literal["bootstrap", "optimal"], a, q, r) -> tuple:
+    """``(w_z, w_x, c, σ²)`` of the bootstrap proposal ``(a, 0, 0, q)`` or the locally optimal
+    one ``(r a / (q + r), q / (q + r), 0, q r / (q + r))`` (floats or tensors, as given)."""
+    if proposal == "bootstrap":
+        return a, 0.0, 0.0, q
+    if proposal == "optimal":
+        return r * a / (q + r), q / (q + r), 0.0, q * r / (q + r)
+    raise ValueError(f"proposal must be 'bootstrap' or 'optimal', got {proposal!r}")
+
+
+def affine_proposal(z_prev: Tensor | float, x_t: Tensor, w_z, w_x, c, var) -> tuple[Tensor, Tensor]:
+    """Mean ``w_z z_{t-1} + w_x x_t + c`` and variance ``σ² = var`` of the affine proposal (broadcast)."""
+    mean = w_z * z_prev + w_x * x_t + c
+    return mean, torch.as_tensor(var, dtype=mean.dtype, device=mean.device).expand_as(mean)
+
+
 def optimal_proposal(z_prev: Tensor | float, x_t: Tensor, a, q, r) -> tuple[Tensor, Tensor]:
     """Mean and variance of p(z_t | z_{t-1}, x_t): ``((r a z_{t-1} + q x_t)/(q + r), q r/(q + r))``."""
-    mean = (r * a * z_prev + q * x_t) / (q + r)
-    var = q * r / (q + r)
-    return mean, torch.as_tensor(var, dtype=mean.dtype, device=mean.device).expand_as(mean)
+    return affine_proposal(z_prev, x_t, *proposal_coefficients("optimal", a, q, r))
 
 
 def predictive_log_prob(x_t: Tensor, z_prev: Tensor | float, a, q, r) -> Tensor:
@@ -185,6 +209,19 @@ def sample_lgssm(
     return z_all, z_all + r.sqrt() * v
 
 
+def lgssm_step(z_prev: Tensor, x_t: Tensor, eps: Tensor, a, q, r, proposal: tuple) -> tuple[Tensor, Tensor]:
+    """One SMC step: ``z_t = mean + σ eps`` from the affine proposal ``(w_z, w_x, c, σ²)`` and
+    ``log α_t = log N(z_t; a z_{t-1}, q) + log N(x_t; z_t, r) - log N(z_t; mean, σ²)``.
+
+    Shapes broadcast: particles ``z_prev``, ``eps`` ``[K, B]``, observations ``x_t [B]``; the
+    parameters may require grad (pathwise gradients through z_t).
+    """
+    mean, var = affine_proposal(z_prev, x_t, *proposal)
+    z = mean + var.sqrt() * eps
+    log_alpha = transition_log_prob(z, z_prev, a, q) + emission_log_prob(x_t, z, r) - normal_log_prob(z, mean, var)
+    return z, log_alpha
+
+
 def lgssm_smc_step(
     x: Tensor,
     a,
@@ -202,25 +239,17 @@ def lgssm_smc_step(
     ``generator``. Parameters may require grad (pathwise gradients through the particles).
     """
     x = _check_x(x)
-    if proposal not in ("bootstrap", "optimal"):
-        raise ValueError(f"proposal must be 'bootstrap' or 'optimal', got {proposal!r}")
     b, t_len = x.shape
     if noise is not None and tuple(noise.shape) != (t_len, num_particles, b):
         raise ValueError(f"noise must be [T, K, B] = {[t_len, num_particles, b]}, got {list(noise.shape)}")
-
     a_, q_, r_ = _params(x, a, q, r)  # validated once, outside the per-step hot path
+    coefficients = proposal_coefficients(proposal, a_, q_, r_)
 
     def step(t: int, z_prev):
         zp = torch.zeros(num_particles, b, dtype=x.dtype, device=x.device) if z_prev is None else z_prev
         eps = noise[t] if noise is not None else torch.randn(
             num_particles, b, generator=generator, dtype=x.dtype, device=x.device
         )
-        xt = x[:, t]
-        if proposal == "bootstrap":
-            z = a_ * zp + q_.sqrt() * eps
-            return z, emission_log_prob(xt, z, r_)
-        mean, var = optimal_proposal(zp, xt, a_, q_, r_)
-        z = mean + var.sqrt() * eps
-        return z, predictive_log_prob(xt, zp, a_, q_, r_).expand_as(z)
+        return lgssm_step(zp, x[:, t], eps, a_, q_, r_, coefficients)
 
     return step

@@ -1,8 +1,13 @@
 """Layer 1: numerically safe log-space primitives (pure torch, no state).
 
-Every function here is deterministic, differentiable and NaN-safe by construction:
+Every function here is deterministic and differentiable, and handles the special values
+without host syncs (no branching on tensor values):
 
-* ``logsumexp`` of an all ``-inf`` slice (or an empty one) is ``-inf``, never NaN;
+* ``logsumexp`` of an all ``-inf`` slice (or an empty one) is ``-inf``, never NaN, with gradient 0;
+* a NaN anywhere in a slice makes its result NaN: never a finite number (a NaN energy must
+  not turn into a finite, flattering bound); ``+inf`` gives ``+inf``;
+* ``logsumexp_parts`` splits ``logsumexp(x) = shift + rest`` so that callers can form
+  differences such as ``u - logsumexp(u)`` before the huge ``shift`` absorbs the small ``rest``;
 * ``log_mean_exp(x) = logsumexp(x) - log n``;
 * ``log1mexp(a) = log(1 - exp(a))`` for ``a <= 0`` (Maechler 2012), stable at both ends;
 * ``chunked_log_mean_exp`` combines ``n`` independent replicas of a per-example
@@ -23,7 +28,9 @@ from torch import Tensor
 
 __all__ = [
     "as_float32_or_wider",
+    "safe_max",
     "logsumexp",
+    "logsumexp_parts",
     "log_mean_exp",
     "log1mexp",
     "chunked_log_mean_exp",
@@ -37,8 +44,23 @@ def as_float32_or_wider(x: Tensor) -> Tensor:
     return x
 
 
-def logsumexp(x: Tensor, dim: int = 0, keepdim: bool = False) -> Tensor:
-    """``log(sum(exp(x)))`` along ``dim``; ``-inf`` (not NaN) for all ``-inf`` or empty slices."""
+def safe_max(x: Tensor, dim: int, keepdim: bool = False) -> Tensor:
+    """The detached maximum along ``dim``, 0 where it is not finite (NaN, ``±inf``): a shift
+    that brings log-weights near 0 before they are exponentiated or added to small numbers."""
+    m = x.detach().amax(dim=dim, keepdim=keepdim)
+    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+
+
+def logsumexp_parts(x: Tensor, dim: int = 0, keepdim: bool = False) -> tuple[Tensor, Tensor]:
+    """``logsumexp(x) = shift + rest`` along ``dim``, with ``shift`` the detached slice maximum
+    (0 where that is not finite, and for empty slices) and ``rest = log sum exp(x - shift)``,
+    which lies in ``[0, log n]`` for finite slices.
+
+    ``rest`` is ``-inf`` for all ``-inf`` or empty slices (gradient 0, not NaN), NaN for slices
+    containing a NaN and ``+inf`` for slices containing ``+inf`` (and no NaN). Subtracting
+    other numbers from ``shift`` before adding ``rest`` keeps a huge ``shift`` from absorbing
+    ``rest``: ``(u - shift) - rest`` depends on the differences of the inputs only.
+    """
     x = as_float32_or_wider(x)
     if x.shape[dim] == 0:
         shape = list(x.shape)
@@ -46,18 +68,25 @@ def logsumexp(x: Tensor, dim: int = 0, keepdim: bool = False) -> Tensor:
             shape[dim] = 1
         else:
             del shape[dim]
-        return x.new_full(shape, -math.inf)
-    m = x.amax(dim=dim, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).detach()
+        return x.new_zeros(shape), x.new_full(shape, -math.inf)
+    m = safe_max(x, dim, keepdim=True)
     s = torch.exp(x - m).sum(dim=dim, keepdim=True)
-    # all -inf slices: value -inf, gradient 0 (instead of 0 * inf = NaN)
-    positive = s > 0
-    out = torch.where(positive, m + torch.log(torch.where(positive, s, torch.ones_like(s))), torch.full_like(s, -math.inf))
-    return out if keepdim else out.squeeze(dim)
+    # all -inf slices (s = 0): value -inf, gradient 0 (instead of 0 * inf = NaN). A NaN gives
+    # s = NaN, which is not 0, so it reaches the output.
+    dead = s == 0
+    rest = torch.where(dead, torch.full_like(s, -math.inf), torch.log(torch.where(dead, torch.ones_like(s), s)))
+    return (m, rest) if keepdim else (m.squeeze(dim), rest.squeeze(dim))
+
+
+def logsumexp(x: Tensor, dim: int = 0, keepdim: bool = False) -> Tensor:
+    """``log(sum(exp(x)))`` along ``dim``; ``-inf`` (not NaN) for all ``-inf`` or empty slices,
+    NaN for slices containing a NaN."""
+    shift, rest = logsumexp_parts(x, dim, keepdim)
+    return shift + rest
 
 
 def log_mean_exp(x: Tensor, dim: int = 0, keepdim: bool = False) -> Tensor:
-    """``log(mean(exp(x)))`` along ``dim``, NaN-safe like :func:`logsumexp`."""
+    """``log(mean(exp(x)))`` along ``dim``, with the special values of :func:`logsumexp`."""
     n = x.shape[dim]
     if n == 0:
         raise ValueError("log_mean_exp over an empty dimension is undefined")
@@ -96,7 +125,7 @@ def chunked_log_mean_exp(
     while done < num_samples:
         m = min(chunk_size, num_samples - done)
         part = logsumexp(replicas(m), dim=0)
-        running = part if running is None else torch.logaddexp(running, part)
+        running = part if running is None else logsumexp(torch.stack([running, part]), dim=0)
         done += m
     assert running is not None
     return running - math.log(num_samples)

@@ -44,9 +44,10 @@ of every resampling step are either supplied by the caller or drawn from a passe
 ``torch.Generator`` (default: the global RNG), so runs are deterministic under
 ``torch.manual_seed``; the caller's ``step`` draws the proposal noise. The loop is vectorised
 over particles and sequences (Python loop over t only) and makes no host syncs: every
-sequence's resampling decision is applied with ``torch.where``. NaN-safe: a sequence whose
+sequence's resampling decision is applied with ``torch.where``. A sequence whose
 particles all have weight 0 (all ``log α_t = -inf``) gets log Ẑ = -inf, not NaN, and does not
-disturb the others; log weights of any magnitude are handled in log space. Float16/bfloat16
+disturb the others; a NaN (or ``+inf``) log-weight makes its sequence's log Ẑ NaN (or ``+inf``),
+never a finite number; log weights of any magnitude are handled in log space. Float16/bfloat16
 log-weights are promoted to float32.
 
 References: Maddison et al., "Filtering Variational Objectives" (NeurIPS 2017); Naesseth et
@@ -64,7 +65,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from .ops import as_float32_or_wider, logsumexp
+from .ops import as_float32_or_wider, logsumexp, logsumexp_parts, safe_max
 
 __all__ = [
     "Resampling",
@@ -127,32 +128,33 @@ def normalized_log_weights(log_weights: Tensor, dim: int = 0) -> Tensor:
     """``log W̄ = log_weights - logsumexp(log_weights)`` along ``dim``.
 
     A slice whose weights are all zero (all ``-inf``) has no normalisation; it is mapped to the
-    uniform ``-log K`` instead of NaN (gradient 0).
+    uniform ``-log K`` instead of NaN (gradient 0). A slice with a NaN or a ``+inf`` log-weight
+    is NaN where it cannot be normalised (never silently uniform).
     """
     log_weights = as_float32_or_wider(log_weights)
-    lse = logsumexp(log_weights, dim=dim, keepdim=True)
-    alive = torch.isfinite(lse)
-    safe = torch.where(alive, lse, torch.zeros_like(lse))
+    shift, rest = logsumexp_parts(log_weights, dim=dim, keepdim=True)
+    dead = rest == -math.inf
+    safe = torch.where(dead, torch.zeros_like(rest), rest)
     uniform = torch.full_like(log_weights, -math.log(log_weights.shape[dim]))
-    return torch.where(alive, log_weights - safe, uniform)
+    return torch.where(dead, uniform, (log_weights - shift) - safe)  # differences first
 
 
 def effective_sample_size(log_weights: Tensor, dim: int = 0) -> Tensor:
     """ESS ``(Σ_k w_k)^2 / Σ_k w_k^2`` of the normalised weights, from log-weights ``[K, B]``.
 
     Invariant to adding a constant to the log-weights; K for equal weights, 1 for a single
-    non-zero weight, and 0 (not NaN) when all weights are zero (all ``-inf``). Computed as
-    ``exp(2 logsumexp(c) - logsumexp(2 c))`` on the centred ``c = l - max l``, so any magnitude
-    of log-weights is safe (centring first keeps ``log K`` from being absorbed by a huge max).
+    non-zero weight, 0 (not NaN) when all weights are zero (all ``-inf``), and NaN when a
+    log-weight is NaN or ``+inf``. Computed as ``exp(2 logsumexp(c) - logsumexp(2 c))`` on the
+    centred ``c = l - max l``, so any magnitude of log-weights is safe (centring first keeps
+    ``log K`` from being absorbed by a huge max).
     """
     log_weights = as_float32_or_wider(log_weights)
-    m = log_weights.amax(dim=dim, keepdim=True).detach()
-    log_weights = log_weights - torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    log_weights = log_weights - safe_max(log_weights, dim, keepdim=True)
     lse = logsumexp(log_weights, dim=dim)
     lse2 = logsumexp(2.0 * log_weights, dim=dim)
-    alive = torch.isfinite(lse) & torch.isfinite(lse2)
-    ess = torch.exp(torch.where(alive, 2.0 * lse - lse2, torch.zeros_like(lse)))
-    return torch.where(alive, ess, torch.zeros_like(ess))
+    dead = lse == -math.inf  # where-guards inside and out keep the gradient NaN-free there
+    ess = torch.exp(torch.where(dead, torch.zeros_like(lse), 2.0 * lse - lse2))
+    return torch.where(dead, torch.zeros_like(ess), ess)
 
 
 def _inverse_cdf(log_weights: Tensor, positions: Tensor) -> Tensor:
@@ -347,9 +349,12 @@ def smc(
         log_w = log_w.to(log_alpha.dtype)
         log_z = log_z.to(log_alpha.dtype)
 
-        # log Σ_k W̄_{t-1}^k α_t^k, and W̄_t (NaN-free: an all -inf column gives -inf and W̄ := 1/K)
-        unnorm = log_w + log_alpha
-        inc = logsumexp(unnorm, dim=0)
+        # log Σ_k W̄_{t-1}^k α_t^k, and W̄_t (NaN-free: an all -inf column gives -inf and W̄ := 1/K).
+        # log α_t is shifted by its per-sequence max first, so that a huge common offset cannot
+        # absorb log W̄_{t-1}: W̄_t depends on the differences of log α_t only.
+        shift = safe_max(log_alpha, 0)
+        unnorm = log_w + (log_alpha - shift)
+        inc = shift + logsumexp(unnorm, dim=0)
         log_z = log_z + inc
         increments.append(inc)
         log_w = normalized_log_weights(unnorm, dim=0)

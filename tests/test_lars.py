@@ -19,6 +19,7 @@ from scipy import special, stats
 from scipy.integrate import trapezoid
 from torch import nn
 
+from eim_lightning.bounds import lars_log_prob
 from eim_lightning.densities import LARS, Normal
 from eim_lightning.nn import MLP
 
@@ -86,6 +87,53 @@ def test_T1_gives_log_pi_for_any_z():
     lars.eval()
     lars.set_evaluation_z(0.123)
     torch.testing.assert_close(lars.log_prob_lower_bound(x, 3), log_pi, rtol=0, atol=1e-13)
+
+
+def mp_log_q_T(log_pi: float, log_a: float, z, T: int) -> float:
+    """``log q_T`` in 50-digit arithmetic, the geometric sum written out (``0^0 = 1``)."""
+    import mpmath as mp
+
+    mp.mp.dps = 50
+    z = mp.mpf(z)
+    geo = mp.fsum((1 - z) ** t for t in range(T - 1))
+    return float(log_pi + mp.log(mp.exp(log_a) * geo + (1 - z) ** (T - 1)))
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-13), (torch.float32, 2e-6)])
+@pytest.mark.parametrize("T", [2, 3, 50, 1024])
+def test_lars_log_prob_near_and_at_z0_and_above_1_is_the_closed_form(T, dtype, rtol):
+    # before: NaN at Z = 0 and Z > 1, and a gradient lost to cancellation near Z = 0
+    log_pi, log_a = torch.tensor([-1.3, 0.4], dtype=dtype), torch.tensor([-0.7, -25.0], dtype=dtype)
+    zs = [0.0, 1e-300, 1e-40, 1e-20, 1e-9, 1e-6, 1e-4, 0.01, 0.3, 0.999, 1.0]
+    for z in zs:
+        zt = torch.tensor(z, dtype=dtype)
+        expected = [mp_log_q_T(float(p), float(a), float(zt), T) for p, a in zip(log_pi, log_a)]
+        got = lars_log_prob(log_pi, log_a, zt, T)
+        torch.testing.assert_close(got, torch.tensor(expected, dtype=dtype), rtol=rtol, atol=rtol, msg=f"Z = {z}")
+    at_zero = log_pi + torch.log1p((T - 1) * log_a.exp())  # the limit Z -> 0
+    torch.testing.assert_close(lars_log_prob(log_pi, log_a, torch.tensor(0.0, dtype=dtype), T), at_zero)
+    # Z >= 1 is evaluated at Z = 1 (log pi + log a), with zero gradient in Z
+    z = torch.tensor([1.0, 1.5, 7.0], dtype=dtype, requires_grad=True)
+    got = lars_log_prob(log_pi[:1], log_a[:1], z, T)
+    torch.testing.assert_close(got, (log_pi[:1] + log_a[:1]).expand(3))
+    got.sum().backward()
+    assert torch.equal(z.grad, torch.zeros(3, dtype=dtype))
+    # negative and NaN Z are errors, loudly
+    assert torch.isnan(lars_log_prob(log_pi, log_a, torch.tensor(-1e-30, dtype=dtype), T)).all()
+    assert torch.isnan(lars_log_prob(log_pi, log_a, torch.tensor(math.nan, dtype=dtype), T)).all()
+
+
+@pytest.mark.parametrize("T", [2, 5, 1024])
+def test_lars_log_prob_gradient_in_z_near_0_is_the_closed_form(T):
+    import mpmath as mp
+
+    mp.mp.dps = 50
+    log_a = -0.7
+    for z in (0.0, 1e-30, 1e-12, 1e-6, 1e-3, 0.2):
+        zt = torch.tensor(z, dtype=torch.float64, requires_grad=True)
+        lars_log_prob(torch.zeros(1, dtype=torch.float64), torch.tensor([log_a], dtype=torch.float64), zt, T).sum().backward()
+        expected = mp.diff(lambda v: mp.log(mp.exp(log_a) * mp.fsum((1 - v) ** t for t in range(T - 1)) + (1 - v) ** (T - 1)), z)
+        assert zt.grad.item() == pytest.approx(float(expected), rel=1e-9), z
 
 
 def test_sample_matches_q_T():

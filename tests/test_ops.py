@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from eim_lightning.bounds import snis_lower_bound
 from eim_lightning.ops import chunked_log_mean_exp, log1mexp, log_mean_exp, logsumexp
 
 
@@ -22,6 +23,34 @@ def test_logsumexp_all_neg_inf_and_empty_are_neg_inf_not_nan():
     assert not torch.isnan(x.grad).any()
     assert torch.equal(logsumexp(torch.empty(0, 3), 0), torch.full((3,), -math.inf))
     assert torch.equal(log_mean_exp(torch.full((2,), -math.inf), 0), torch.tensor(-math.inf))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_nan_reaches_the_output_and_inf_gives_inf(dtype):
+    x = torch.randn(1023, 3, dtype=dtype)
+    x[17, 1] = math.nan
+    x[5, 2] = math.inf
+    out = logsumexp(x, 0)
+    assert torch.isnan(out[1]) and out[2] == math.inf
+    torch.testing.assert_close(out[0], torch.log(torch.exp(x[:, 0].double()).sum()).to(dtype))
+    assert torch.isnan(log_mean_exp(x, 0)[1]) and torch.isnan(logsumexp(x, 0, keepdim=True)[0, 1])
+    # streamed: a NaN in a middle chunk survives the running log-sum-exp
+    assert torch.isnan(chunked_log_mean_exp(lambda m, it=iter(x.split(100)): next(it), 1023, 100)[1])
+    # the -inf rule is unchanged next to a NaN column: all -inf is -inf with gradient 0
+    y = torch.stack([torch.full((4,), -math.inf, dtype=dtype), torch.tensor([0.0, math.nan, 1.0, 2.0], dtype=dtype)], 1)
+    y.requires_grad_(True)
+    out = logsumexp(y, 0)
+    assert out[0] == -math.inf and torch.isnan(out[1])
+    out[0].backward()
+    assert torch.equal(y.grad[:, 0], torch.zeros(4, dtype=dtype))
+
+
+def test_one_nan_energy_among_1023_snis_negatives_gives_a_nan_bound():
+    # before: NaN was dropped by logsumexp, leaving exactly log pi + log K (a flattering number)
+    u_neg = torch.zeros(1023, 2)
+    u_neg[400, 0] = math.nan
+    out = snis_lower_bound(torch.zeros(2), torch.zeros(2), u_neg)
+    assert torch.isnan(out[0]) and out[1] == 0.0  # equal energies: L = log pi exactly
 
 
 def test_logsumexp_large_values_do_not_overflow():

@@ -189,6 +189,39 @@ def test_normalized_log_weights_is_nan_free():
     assert torch.isfinite(lw.grad).all()
 
 
+def test_nan_and_inf_log_weights_are_never_normalised_to_finite_numbers():
+    # before: a NaN (or +inf) column became uniform weights with ESS 0
+    lw = torch.tensor([[0.0, math.nan, math.inf, -math.inf], [1.0, 0.0, 0.0, -math.inf]], dtype=F64)
+    out = normalized_log_weights(lw)
+    torch.testing.assert_close(out[:, 0], torch.tensor([-math.log1p(math.e), 1 - math.log1p(math.e)], dtype=F64))
+    assert torch.isnan(out[0, 1:3]).all() and torch.isnan(out[1, 1])  # nothing finite from NaN
+    assert torch.equal(out[:, 3], torch.full((2,), -math.log(2), dtype=F64))  # all -inf: uniform
+    ess = effective_sample_size(lw)
+    assert torch.isnan(ess[1:3]).all() and ess[3] == 0
+    torch.testing.assert_close(ess[0], torch.tensor((1 + math.e) ** 2 / (1 + math.e**2), dtype=F64))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES + ["never"])
+def test_a_nan_weight_makes_its_sequence_nan_and_leaves_the_others_alone(scheme):
+    t_len, k, b = 5, 4, 3
+    _, x = sample_lgssm(b, t_len, 0.9, 1.0, 0.5)
+    eps = torch.randn(t_len, k, b, dtype=F64)
+    base = lgssm_smc_step(x, 0.9, 1.0, 0.5, k, noise=eps)
+
+    def poisoned(t, z):
+        z, la = base(t, z)
+        if t == 1:
+            la = la.clone()
+            la[2, 1] = math.nan
+        return z, la
+
+    uniforms = torch.rand((t_len - 1, b) if scheme == "systematic" else (t_len - 1, k, b), dtype=F64)
+    kw = dict(resampling=scheme, resampling_uniforms=None if scheme == "never" else uniforms, ess_threshold=1.0)
+    ok, res = smc(base, t_len, **kw), smc(poisoned, t_len, **kw)
+    assert torch.isnan(res.log_marginal[1]) and torch.isnan(res.log_increments[1, 1])
+    assert torch.equal(res.log_marginal[[0, 2]], ok.log_marginal[[0, 2]])
+
+
 @pytest.mark.parametrize("sort", [False, True])
 def test_multinomial_ancestors_follow_the_weights(sort):
     w = torch.tensor([0.1, 0.0, 0.25, 0.4, 0.25, 0.0], dtype=F64)

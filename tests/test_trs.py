@@ -108,6 +108,23 @@ def test_bound_equals_explicit_enumeration(T, logit_z, form):
     torch.testing.assert_close(got, t64(elbo), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("T", [1, 2, 5, 50])
+def test_zero_acceptance_gives_the_finite_forced_last_draw_term(T):
+    # a(x) = 0: r(T-1|x) = 1, so the exact ELBO is log pi(x) + (T-1) E log(1-a) (before: NaN
+    # from 0 * log 0); the authors' form adds log a(x) = -inf
+    lz = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    log_a = torch.tensor([-math.inf, -1.0], dtype=torch.float64, requires_grad=True)
+    args = (torch.tensor([-1.5, -1.5], dtype=torch.float64), log_a, torch.tensor(E_LOG1M_A, dtype=torch.float64), lz, T)
+    p_last, mean_t, ent = trs_posterior_stats(lz, log_a, T)
+    assert p_last[0] == 1 and mean_t[0] == T - 1 and ent[0] == 0
+    got = trs_lower_bound(*args)
+    assert got[0].item() == pytest.approx(-1.5 + (T - 1) * E_LOG1M_A, rel=1e-14)
+    assert got[1].item() == pytest.approx(enumerated_elbo(-1.5, -1.0, E_LOG1M_A, 0.3, T)[0][0], rel=1e-12)
+    got.sum().backward()
+    assert torch.isfinite(log_a.grad).all() and (T == 1 or torch.isfinite(lz.grad))
+    assert trs_lower_bound(*args, "authors")[0] == -math.inf
+
+
 def test_bound_is_differentiable_in_logit_z_and_matches_finite_differences():
     lz = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
     log_a = t64(LOG_A[::400])
@@ -155,6 +172,23 @@ def test_density_bound_averages_to_the_expected_bound_and_below_log_q(bound, log
     ).numpy()
     assert np.all(np.abs(mean - expected) < 5 * se + 1e-12), np.abs((mean - expected) / se).max()
     assert np.all(mean < np.log(q_T(T)[idx]) + 5 * se)
+
+
+@pytest.mark.parametrize("T", [2, 5])
+@pytest.mark.parametrize("logit_z", [LOGIT_ZS[2], LOGIT_ZS[4]])
+def test_exp_bound_is_below_q_T_not_unbiased(T, logit_z):
+    """E[exp L_TRS(x)] <= q_T(x), and strictly so even at Z_v = Z (densities/base.py): the ELBO
+    over t is not tight and E_r[t] <= T - 1 < T weights the average over T negatives (Jensen).
+    Unlike SNIS, whose exp(L) averages to q_SNIS (test_snis.py)."""
+    R = 20_000
+    idx = np.arange(800, 2401, 200)  # x in [-4, 4]
+    x = torch.from_numpy(GRID[idx]).unsqueeze(-1)
+    with torch.no_grad():
+        est = make_trs(T, logit_z).log_prob_replicas(x, R).numpy()  # [R, G]
+    ratio = np.exp(est - np.log(q_T(T)[idx]))  # exp(L_TRS(x)) / q_T(x), q_T by quadrature
+    mean, se = ratio.mean(0), ratio.std(0, ddof=1) / math.sqrt(R)
+    assert np.all(se < 0.01), se
+    assert np.all(mean + 5 * se < 1.0), (mean, se)
 
 
 def test_T1_exact_form_is_log_pi():

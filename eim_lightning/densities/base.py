@@ -10,14 +10,19 @@ Every density is an ``nn.Module`` with::
     density.rsample_particles(n, context=None)         # as a variational family q (ALGORITHMS.md 4)
 
 Subclasses implement :meth:`Density.log_prob_replicas`, ``m`` independent replicas ``[m, B]``
-of a one-sample log-estimate whose exponential is unbiased for the density (so its log is a
-lower bound in expectation), or set ``exact_log_prob = True`` when ``log_prob`` is exact.
-:meth:`log_prob_lower_bound` combines ``num_samples`` replicas IWAE-style with a streamed
-log-mean-exp, ``eval_chunk_size`` replicas at a time, so the memory of the replicas'
-computation is that of one chunk: without autograd each chunk is freed before the next; with
-autograd each chunk's graph is dropped and recomputed, on the same random numbers, in the
-backward pass (gradient checkpointing), so only the ``[num_samples, B]`` log-weights themselves
-are kept (4 bytes each in float32).
+of a one-sample log-estimate ``l`` with ``E[exp l] <= q(x)``, so that ``l`` and the
+log-mean-exp of replicas are lower bounds on ``log q(x)`` in expectation (Jensen), or set
+``exact_log_prob = True`` when ``log_prob`` is exact. The exponential is unbiased,
+``E[exp l] = q(x)``, for SNIS, HIS and importance-weighted latent-variable models with such
+priors, but not for TRS: ``L_TRS`` is an ELBO over the number of rejections t (not tight unless
+r(t|x) is the true posterior) and weights the average of ``log(1 - a)`` over T proposal
+samples by ``E_r[t] <= T - 1 < T``, so by Jensen (twice) ``E[exp L_TRS(x)] <= q_T(x)``, in
+general strictly. (LARS returns an estimate, neither.) :meth:`log_prob_lower_bound` combines
+``num_samples`` replicas IWAE-style with a streamed log-mean-exp, ``eval_chunk_size`` replicas
+at a time, so the memory of the replicas' computation is that of one chunk: without autograd
+each chunk is freed before the next; with autograd each chunk's graph is dropped and
+recomputed, on the same random numbers, in the backward pass (gradient checkpointing), so only
+the ``[num_samples, B]`` log-weights themselves are kept (4 bytes each in float32).
 
 A density that serves as a latent-variable model's prior answers one hook,
 :meth:`Density.log_prob_for_elbo`; the model never needs to know which prior it holds.
@@ -34,11 +39,12 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.functional import softplus
 from torch.utils.checkpoint import checkpoint
 
 from ..ops import chunked_log_mean_exp
 
-__all__ = ["Density", "Particles", "evaluate_net", "check_positive_int"]
+__all__ = ["Density", "Particles", "evaluate_net", "check_positive_int", "positive_scale"]
 
 
 class Particles(NamedTuple):
@@ -55,6 +61,13 @@ def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def positive_scale(raw: Tensor, min_scale: float) -> Tensor:
+    """``max(softplus(raw), min_scale)``: the one convention for a learned scale (standard
+    deviation) in every density, as the authors' ``tf.maximum(softplus(.), 1e-5)``. Its
+    gradient is 0 where the floor is active."""
+    return softplus(raw).clamp_min(min_scale)
 
 
 def evaluate_net(
@@ -152,7 +165,7 @@ class Density(nn.Module):
         return self.log_prob(x) if context is None else self.log_prob(x, context)
 
     def log_prob_replicas(self, x: Tensor, num_replicas: int, context: Tensor | None = None) -> Tensor:
-        """``[m, B]`` independent one-sample log-estimates (lower bounds in expectation)."""
+        """``[m, B]`` independent one-sample log-estimates ``l`` with ``E[exp l] <= q(x)``."""
         if self.exact_log_prob:
             check_positive_int("num_replicas", num_replicas)
             return self._exact_log_prob(x, context).expand(num_replicas, x.shape[0])

@@ -3,7 +3,7 @@ r"""Conditional diagonal Gaussian ``q(z | c) = N(z; mu(c), diag(sigma(c)^2))``: 
 A network maps the context (for a posterior q0(z|x): the data point) to the mean and the
 pre-softplus scale::
 
-    [mu(c), h(c)] = net(c),     sigma(c) = softplus(h(c)) + min_scale,
+    [mu(c), h(c)] = net(c),     sigma(c) = max(softplus(h(c)), min_scale),
     log q(z | c) = sum_d log N(z_d; mu_d(c), sigma_d(c)^2),
     z = mu(c) + sigma(c) * eps,  eps ~ N(0, I)                      (reparameterised)
 
@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn.functional import softplus
-
-from .base import Density, check_positive_int
+from .base import Density, check_positive_int, positive_scale
 
 __all__ = ["ConditionalNormal"]
 
@@ -64,7 +62,7 @@ class ConditionalNormal(Density):
                 f"{[*context.shape[:-1], 2 * dim]} (mean and pre-softplus scale), got {list(out.shape)}"
             )
         loc, raw = out.split(dim, dim=-1)
-        return loc, softplus(raw) + self.min_scale
+        return loc, positive_scale(raw, self.min_scale)
 
     @staticmethod
     def _log_prob(z: Tensor, loc: Tensor, scale: Tensor) -> Tensor:

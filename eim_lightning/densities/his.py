@@ -33,7 +33,7 @@ from torch.nn.functional import softplus
 
 from ..integrators import leapfrog_forward, leapfrog_reverse
 from ..nn import MLP
-from .base import LOG_2PI, Density, check_positive_int, evaluate_net
+from .base import LOG_2PI, Density, check_positive_int, evaluate_net, positive_scale
 from .normal import inverse_softplus
 
 __all__ = ["HIS"]
@@ -138,7 +138,7 @@ class HIS(Density):
         if out.shape != (*x.shape[:-1], 2 * dim):
             raise ValueError(f"momentum_net must map {list(x.shape)} to {[*x.shape[:-1], 2 * dim]}, got {list(out.shape)}")
         mean, raw = out.split(dim, dim=-1)
-        return mean, softplus(raw).clamp_min(MIN_MOMENTUM_SCALE)
+        return mean, positive_scale(raw, MIN_MOMENTUM_SCALE)
 
     def _sample_momentum(self, x: Tensor, context: Tensor | None) -> Tensor:
         eps = torch.randn_like(x)

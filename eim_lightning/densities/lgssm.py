@@ -8,7 +8,8 @@ Proposal, affine in (z_{t-1}, x_t)::
 
     q(z_t | z_{t-1}, x_t) = N(w_z z_{t-1} + w_x x_t + c,  σ²)
 
-so that each SMC step (:mod:`.sequential`, ALGORITHMS.md section 4) has the incremental weight
+so that each SMC step (:mod:`.sequential`, ALGORITHMS.md section 4; computed by
+:func:`eim_lightning.kalman.lgssm_step`, which the layer-1 oracle steps share) has the incremental weight
 
     α_t = N(z_t; a z_{t-1}, q) N(x_t; z_t, r) / N(z_t; w_z z_{t-1} + w_x x_t + c, σ²).
 
@@ -42,7 +43,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..kalman import emission_log_prob, kalman_log_likelihood, normal_log_prob, sample_lgssm, transition_log_prob
+from ..kalman import affine_proposal, kalman_log_likelihood, lgssm_step, proposal_coefficients, sample_lgssm
 from ..ops import as_float32_or_wider
 from .sequential import SequentialModel
 
@@ -77,12 +78,10 @@ class LinearGaussianSSM(SequentialModel):
                 raise ValueError(f"{name} must be finite, got {value}")
         if not (q > 0 and r > 0):
             raise ValueError(f"q and r are variances and must be > 0, got q={q}, r={r}")
-        if proposal_init == "bootstrap":
-            proposal = (a, 0.0, 0.0, 0.5 * math.log(q))
-        elif proposal_init == "optimal":
-            proposal = (r * a / (q + r), q / (q + r), 0.0, 0.5 * math.log(q * r / (q + r)))
-        else:
+        if proposal_init not in ("bootstrap", "optimal"):
             raise ValueError(f"proposal_init must be 'bootstrap' or 'optimal', got {proposal_init!r}")
+        w_z, w_x, c, var = proposal_coefficients(proposal_init, a, q, r)
+        proposal = (w_z, w_x, c, 0.5 * math.log(var))
         self.learn_model, self.learn_proposal = learn_model, learn_proposal
         for name, value in zip(("a", "log_q", "log_r"), (a, math.log(q), math.log(r))):
             self._scalar(name, value, learn_model)
@@ -111,32 +110,23 @@ class LinearGaussianSSM(SequentialModel):
 
     def proposal(self, z_prev: Tensor, x_t: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and variance of q(z_t | z_{t-1}, x_t) (``z_prev = 0`` for t = 1); broadcasts."""
-        mean = self.w_z * z_prev + self.w_x * x_t + self.c
-        return mean, torch.exp(2 * self.log_std).expand_as(mean)
+        return affine_proposal(z_prev, x_t, self.w_z, self.w_x, self.c, torch.exp(2 * self.log_std))
 
     # -- SMC ------------------------------------------------------------------------------------
 
     def prepare(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        names = ("a", "log_q", "log_r", "w_z", "w_x", "c", "log_std")
-        p = {n: getattr(self, n).to(x.dtype) for n in names}
-        p["q"], p["r"], p["std"] = p["log_q"].exp(), p["log_r"].exp(), p["log_std"].exp()
-        return x[..., 0], p
+        a, log_q, log_r, w_z, w_x, c, log_std = (
+            getattr(self, n).to(x.dtype) for n in ("a", "log_q", "log_r", "w_z", "w_x", "c", "log_std")
+        )
+        return x[..., 0], (a, log_q.exp(), log_r.exp(), (w_z, w_x, c, torch.exp(2 * log_std)))
 
     def initial_state(self, inputs, batch_size: int, num_particles: int) -> Tensor:
         x, _ = inputs
         return x.new_zeros(num_particles, batch_size)  # z_0 = 0
 
     def step(self, t: int, state: Tensor, inputs, eps: Tensor) -> tuple[Tensor, Tensor]:
-        x, p = inputs
-        x_t, z_prev = x[:, t], state
-        mean = p["w_z"] * z_prev + p["w_x"] * x_t + p["c"]
-        z = mean + p["std"] * eps[..., 0]
-        log_alpha = (
-            transition_log_prob(z, z_prev, p["a"], p["q"])
-            + emission_log_prob(x_t, z, p["r"])
-            - normal_log_prob(z, mean, p["std"].square())
-        )
-        return z, log_alpha
+        x, (a, q, r, proposal) = inputs
+        return lgssm_step(state, x[:, t], eps[..., 0], a, q, r, proposal)
 
     # -- exact quantities -----------------------------------------------------------------------
 

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn.functional import binary_cross_entropy_with_logits, softplus
+from torch.nn.functional import binary_cross_entropy_with_logits
 
-from .base import LOG_2PI
+from .base import LOG_2PI, positive_scale
 
 __all__ = ["Bernoulli", "Gaussian", "make_likelihood", "gumbel_straight_through_bernoulli", "LIKELIHOODS"]
 
@@ -107,7 +107,7 @@ class Gaussian(nn.Module):
 
     def _loc_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
         h_mu, h_sigma = params.chunk(2, dim=-1)
-        return self.data_scale * h_mu, self.data_scale * softplus(h_sigma).clamp_min(self.min_scale)
+        return self.data_scale * h_mu, self.data_scale * positive_scale(h_sigma, self.min_scale)
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
         loc, scale = self._loc_scale(params)

@@ -8,7 +8,7 @@ r"""A linear-Gaussian latent-variable model (factor analysis): the exact oracle 
 Every variational bound on ``log p(x)`` (ELBO, IWAE, an EIM posterior's ELBO) can be compared with
 the exact :meth:`LinearGaussianModel.log_prob`, and ``q0 = p(z|x)`` makes the bounds tight, which
 is how the tests check them. ``W``, ``b`` and ``sigma`` are learnable by default
-(``sigma = softplus(raw) + min_scale``), so the model is also trained by the bounds it checks.
+(``sigma = max(softplus(raw), min_scale)``), so the model is also trained by the bounds it checks.
 
 The latent-model protocol the variational modules use (:mod:`.eim_posterior_vae`, :mod:`.iwae`):
 ``model.log_joint(x, z)`` with ``x [*S, B, Dx]`` (or ``[B, Dx]``) broadcast against
@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn.functional import softplus
-
-from .base import Density, check_positive_int
+from .base import Density, check_positive_int, positive_scale
 from .normal import inverse_softplus
 
 __all__ = ["LinearGaussianModel"]
@@ -70,7 +68,7 @@ class LinearGaussianModel(Density):
         self.learnable, self.min_scale = learnable, min_scale
         if learnable:
             self.weight, self.bias = nn.Parameter(weight), nn.Parameter(bias)
-            self.raw_noise_scale = nn.Parameter(inverse_softplus(scale - min_scale))
+            self.raw_noise_scale = nn.Parameter(inverse_softplus(scale))
         else:
             self.register_buffer("weight", weight)
             self.register_buffer("bias", bias)
@@ -78,7 +76,7 @@ class LinearGaussianModel(Density):
 
     @property
     def noise_scale(self) -> Tensor:
-        return softplus(self.raw_noise_scale) + self.min_scale if self.learnable else self.fixed_noise_scale
+        return positive_scale(self.raw_noise_scale, self.min_scale) if self.learnable else self.fixed_noise_scale
 
     def decode(self, z: Tensor) -> Tensor:
         """The mean ``W z + b`` of ``p(x | z)``: ``[*S, Dx]``."""

@@ -2,8 +2,8 @@ r"""Diagonal Gaussian ``N(loc, diag(scale^2))``, the EIMs' default proposal.
 
     log N(x; mu, sigma) = -1/2 sum_d [ ((x_d - mu_d) / sigma_d)^2 + 2 log sigma_d + log 2 pi ]
 
-Fixed (buffers, the default ``N(0, I)``) or learnable (``loc`` and a softplus-parameterised
-``scale``, as the ``Gaussian`` baseline). The log-density is exact, so
+Fixed (buffers, the default ``N(0, I)``) or learnable (``loc`` and
+``scale = max(softplus(raw), min_scale)``, as the ``Gaussian`` baseline). The log-density is exact, so
 ``log_prob_lower_bound(x, S) == log_prob(x)`` for every S. Unconditional: a ``context`` only
 sets the sample shape ``[n, B, dim]`` (the same distribution for every context).
 """
@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn.functional import softplus
-
-from .base import LOG_2PI, Density, check_positive_int
+from .base import LOG_2PI, Density, check_positive_int, positive_scale
 
 __all__ = ["Normal", "inverse_softplus"]
 
@@ -31,7 +29,7 @@ class Normal(Density):
         dim: event dimension.
         loc: mean, a float or a ``[dim]`` tensor.
         scale: standard deviation (> 0), a float or a ``[dim]`` tensor.
-        learnable: make ``loc`` and ``scale`` parameters (scale = softplus(raw) + min_scale).
+        learnable: make ``loc`` and ``scale`` parameters (scale = max(softplus(raw), min_scale)).
         min_scale: lower limit of a learnable scale.
     """
 
@@ -55,7 +53,7 @@ class Normal(Density):
             if not bool((scale_t > min_scale).all()):
                 raise ValueError(f"a learnable scale must exceed min_scale={min_scale}, got {scale}")
             self.loc = nn.Parameter(loc_t)
-            self.raw_scale = nn.Parameter(inverse_softplus(scale_t - min_scale))
+            self.raw_scale = nn.Parameter(inverse_softplus(scale_t))
         else:
             self.register_buffer("loc", loc_t)
             self.register_buffer("fixed_scale", scale_t)
@@ -63,7 +61,7 @@ class Normal(Density):
     @property
     def scale(self) -> Tensor:
         if self.learnable:
-            return softplus(self.raw_scale) + self.min_scale
+            return positive_scale(self.raw_scale, self.min_scale)
         return self.fixed_scale
 
     @property

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..bounds import snis_lower_bound, snis_particle_upper_bounds
-from ..ops import logsumexp
+from ..smc import effective_sample_size
 from .base import Density, check_positive_int, evaluate_net
 
 __all__ = ["SNIS", "SNISParticles"]
@@ -116,12 +116,8 @@ class SNIS(Density):
         bound = snis_lower_bound(log_pi, u_x, u_neg)[0]
         if not diagnostics:
             return bound, {}
-        with torch.no_grad():
-            # ESS = (sum_k w_k)^2 / sum_k w_k^2 over the K particles (data point + negatives)
-            u_neg = u_neg[:, 0].float()
-            lse1 = torch.logaddexp(u_x.float(), logsumexp(u_neg, 0))
-            lse2 = torch.logaddexp(2 * u_x.float(), logsumexp(2 * u_neg, 0))
-            ess = torch.exp(2 * lse1 - lse2)
+        with torch.no_grad():  # over the K particles: the data point and its negatives
+            ess = effective_sample_size(torch.cat([u_x.unsqueeze(0), u_neg[:, 0].expand(-1, u_x.shape[0])]))
         return bound, {"ess": ess}
 
     def _particles(self, n: int, context: Tensor | None, reparameterized: bool):

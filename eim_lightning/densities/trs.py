@@ -12,7 +12,8 @@ i.i.d. pi::
 
     L_TRS(x) = log pi(x) + (1 - r(T-1|x)) log a(x) + E_r[t] Ê_pi[log(1 - a(x'))] + H[r(.|x)]
 
-where Ê_pi averages over T fresh proposal samples shared across the batch. ``bound="authors"``
+where Ê_pi averages over T fresh proposal samples shared across the batch. Unlike SNIS's,
+``exp(L_TRS(x))`` is not unbiased: ``E[exp L_TRS(x)] <= q_T(x)`` (see :mod:`.base`). ``bound="authors"``
 adds ``log a(x)`` unconditionally (the authors' code; looser, still valid). With ``T = 1`` the
 exact form is ``log pi(x)``. The acceptance network sees mean-centred input.
 Reference: Lawson et al., NeurIPS 2019; Bauer & Mnih, AISTATS 2019.

@@ -2,20 +2,21 @@ r"""Layer 2: the variational RNN (VRNN; Chung et al. 2015) with a filtering prop
 
 A GRU state h_t summarises the past (h_0 = 0); with feature networks φ_x, φ_z::
 
-    prior      f(z_t | h_{t-1})        = N(μ_p, diag σ_p²),      (μ_p, σ_p) = prior_net(h_{t-1})
-    emission   g(x_t | z_t, h_{t-1})    = N(μ_x, diag σ_x²),      (μ_x, σ_x) = decoder([φ_z(z_t), h_{t-1}])
-    proposal   q(z_t | h_{t-1}, x_t)    = N(μ_p + Δμ, diag (σ_p e^{Δs})²),
-                                          (Δμ, Δs) = proposal_net([h_{t-1}, φ_x(x_t)])
+    prior      f(z_t | h_{t-1})        = N(μ_p, diag σ_p²),      (μ_p, s_p) = prior_net(h_{t-1})
+    emission   g(x_t | z_t, h_{t-1})    = N(μ_x, diag σ_x²),      (μ_x, s_x) = decoder([φ_z(z_t), h_{t-1}])
+    proposal   q(z_t | h_{t-1}, x_t)    = N(μ_q, diag σ_q²),
+               (μ_q, s_q) = (μ_p, s_p) + proposal_net([h_{t-1}, φ_x(x_t)])
     recurrence h_t = GRU(h_{t-1}, [φ_x(x_t), φ_z(z_t)])
 
-and the SMC incremental weight (:mod:`.sequential`, ALGORITHMS.md section 4) is
+Every scale is σ = max(softplus(s), ``min_scale``) of its pre-softplus output s. The SMC
+incremental weight (:mod:`.sequential`, ALGORITHMS.md section 4) is
 
     α_t = f(z_t | h_{t-1}) g(x_t | z_t, h_{t-1}) / q(z_t | h_{t-1}, x_t).
 
-The proposal is a residual on the prior, as in the FIVO authors' VRNN: its output layer starts at
-zero, so training starts from the bootstrap proposal q = f. The particle state is h_t
-``[K, B, hidden_size]`` (the latent path enters only through it), so resampling copies GRU
-states. Scales are softplus(·) + ``min_scale``. Networks are :class:`eim_lightning.nn.MLP`
+The proposal is a residual on the prior, as in the FIVO authors' VRNN (here on the prior's mean and
+pre-softplus scale): its output layer starts at zero, so training starts from the bootstrap
+proposal q = f. The particle state is h_t ``[K, B, hidden_size]`` (the latent path enters only
+through it), so resampling copies GRU states. Networks are :class:`eim_lightning.nn.MLP`
 (one hidden layer of ``hidden_size``, ReLU); φ_x(x_{1:T}) is computed once per sequence and
 shared by all particles.
 
@@ -29,11 +30,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn.functional import softplus
-
 from ..kalman import normal_log_prob
 from ..nn import MLP
-from .base import check_positive_int
+from .base import check_positive_int, positive_scale
 from .sequential import SequentialModel
 
 __all__ = ["VRNN"]
@@ -81,7 +80,7 @@ class VRNN(SequentialModel):
 
     def _loc_scale(self, out: Tensor) -> tuple[Tensor, Tensor]:
         loc, raw = out.chunk(2, dim=-1)
-        return loc, softplus(raw) + self.min_scale
+        return loc, positive_scale(raw, self.min_scale)
 
     def _prior(self, h: Tensor) -> tuple[Tensor, Tensor]:
         return self._loc_scale(self.prior_net(h))
@@ -108,9 +107,9 @@ class VRNN(SequentialModel):
         h = state
         x_t = x[:, t]
         fx = fx_all[:, t].expand(h.shape[0], -1, -1)  # [K, B, F]
-        mu_p, sd_p = self._prior(h)
-        d_mu, d_s = self.proposal_net(torch.cat([h, fx], dim=-1)).chunk(2, dim=-1)
-        mu_q, sd_q = mu_p + d_mu, sd_p * d_s.exp()
+        prior_out = self.prior_net(h)
+        mu_p, sd_p = self._loc_scale(prior_out)
+        mu_q, sd_q = self._loc_scale(prior_out + self.proposal_net(torch.cat([h, fx], dim=-1)))
         z = mu_q + sd_q * eps
         fz = self.phi_z(z)
         mu_x, sd_x = self._emission(fz, h)
