@@ -105,6 +105,9 @@ class Density(nn.Module):
 
     #: check shapes, dtypes and finiteness of inputs (costs one host sync per call)
     validate_args: bool = True
+    #: ``torch.compile`` of the training bound was measured to pay for its compilation time
+    #: (the step engine then compiles long runs by default)
+    compile_pays: bool = False
 
     def __init__(self, event_shape: tuple[int, ...] | torch.Size, eval_chunk_size: int = 64) -> None:
         super().__init__()
@@ -151,6 +154,8 @@ class Density(nn.Module):
                 f"{name}: context must be a tensor with the batch size of x ({x.shape[0]}) as its first "
                 f"dimension, got {getattr(context, 'shape', type(context).__name__)}"
             )
+        if torch.compiler.is_compiling():
+            return  # a compiled training step checks its batch's values before the compiled call
         if not bool(torch.isfinite(x).all()):
             bad = (~torch.isfinite(x)).sum().item()
             raise ValueError(f"{name} got {bad} non-finite (NaN/Inf) values in its input of shape {list(x.shape)}")

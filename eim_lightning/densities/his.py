@@ -58,6 +58,9 @@ class HIS(Density):
         alpha_init: initial tempering factor ``alpha_t`` (every step), in (0, 1].
     """
 
+    #: hundreds of small leapfrog operations: 2.6x faster per step compiled (CPU, measured)
+    compile_pays = True
+
     def __init__(
         self,
         proposal: Density,

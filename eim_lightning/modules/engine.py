@@ -24,6 +24,14 @@ it, under manual optimisation, and pays Lightning's per-batch cost once per *blo
   checkpoint, validation or image, naming the first bad step (one host sync per block);
 * on the CPU, N = 1 and N = 8 give bit-identical parameters (tested).
 
+**Compilation** (``compile``; default ``None`` = automatic): the one-step training bound can run
+through ``torch.compile`` (forward and backward; the optimiser is one fused kernel anyway). It
+costs seconds to minutes of compilation at the first step, so the automatic choice compiles
+only where it was measured to pay (a density with ``compile_pays = True``: HIS, whose leapfrog
+is hundreds of small operations, ran 2.6x faster per step compiled on the CPU) and only for runs
+of at least :data:`COMPILE_MIN_STEPS` steps. Steps whose diagnostics are logged run eagerly. If
+compilation fails, training warns once and continues eagerly.
+
 A user's own DataLoader takes the same manual path with N = 1. Lightning's automatic
 optimisation (the closure path, N = 1) is used instead where manual optimisation cannot honour a
 setting: gradient clipping (``gradient_clip_val``), gradient accumulation
@@ -37,12 +45,16 @@ import math
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-__all__ = ["StepEngineMixin", "MAX_STEPS_PER_BLOCK", "block_steps", "choose_steps_per_block"]
+__all__ = ["StepEngineMixin", "MAX_STEPS_PER_BLOCK", "COMPILE_MIN_STEPS", "block_steps", "choose_steps_per_block"]
 
 #: the largest block the automatic choice takes (Lightning's per-batch cost is then < 1/50 a step)
 MAX_STEPS_PER_BLOCK = 50
+
+#: the shortest run the automatic choice compiles (compilation takes 10-30 s on 2 CPU cores)
+COMPILE_MIN_STEPS = 5000
 
 _STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
@@ -105,15 +117,21 @@ class StepEngineMixin:
     """Manual-optimisation training loop with several optimiser steps per Lightning batch.
 
     The module provides ``step_loss(batch, last) -> (loss, bound, diagnostics_or_None)`` for one
-    optimiser step, ``nonfinite_guard(loss)`` (a 0-d flag tensor, nonzero to skip the step, or
+    optimiser step, ``training_bound_only(batch)`` (what is compiled), ``check_batch(batch)``,
+    ``nonfinite_guard(loss)`` (a 0-d flag tensor, nonzero to skip the step, or
     None) and ``after_optimizer_step()``; the engine does the rest.
 
     Args:
         steps_per_block: optimiser steps per Lightning batch for generated data (None: automatic).
+        compile: run the training bound through ``torch.compile`` (None: automatic, see the module doc).
     """
 
-    def __init__(self, steps_per_block: int | None = None, **kwargs) -> None:
+    def __init__(self, steps_per_block: int | None = None, compile: bool | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
+        if compile not in (None, True, False):
+            raise ValueError(f"compile must be None (automatic), True or False, got {compile!r}")
+        self.compile = compile
+        self._compiled_bound = None
         if steps_per_block is not None and (isinstance(steps_per_block, bool) or not isinstance(steps_per_block, int)
                                             or steps_per_block < 1):
             raise ValueError(f"steps_per_block must be None (automatic) or an integer >= 1, got {steps_per_block!r}")
@@ -177,6 +195,35 @@ class StepEngineMixin:
         trainer = self.trainer
         if self._block_size > 1 and isinstance(trainer.val_check_interval, int):
             trainer.val_check_batch = trainer.val_check_interval // self._block_size
+
+    def _run_length(self) -> int:
+        trainer = self.trainer
+        if trainer.max_steps >= 0:
+            return trainer.max_steps
+        estimate = trainer.estimated_stepping_batches
+        return int(estimate * self._block_size) if math.isfinite(estimate) else COMPILE_MIN_STEPS
+
+    def prepare_compiled_bound(self) -> None:
+        """At ``on_train_start``: compile the one-step training bound where it pays (module doc)."""
+        self._compiled_bound = None
+        wanted = self.compile
+        if wanted is None:
+            wanted = bool(getattr(self.density, "compile_pays", False)) and self._run_length() >= COMPILE_MIN_STEPS
+        if wanted and not self.automatic_optimization:
+            self._compiled_bound = torch.compile(self.training_bound_only)
+
+    def compiled_bound(self, batch) -> Tensor | None:
+        """The compiled one-step bound of ``batch``, or None (not compiled, or compilation failed)."""
+        if self._compiled_bound is None:
+            return None
+        self.check_batch(batch)  # the values, which the compiled graph does not check
+        try:
+            return self._compiled_bound(batch)
+        except Exception as err:  # noqa: BLE001 - any compiler failure: fall back to eager, loudly
+            rank_zero_warn(f"{type(self).__name__}: torch.compile of the training step failed "
+                           f"({type(err).__name__}: {str(err)[:300]}); training continues eagerly")
+            self._compiled_bound = None
+            return None
 
     # -- one block --------------------------------------------------------------------------------
 

@@ -190,6 +190,16 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
         """The per-example evaluation bound ``[B]`` of a batch with ``num_samples`` replicas."""
         return self.density.log_prob_lower_bound(self.unpack_batch(batch), num_samples=num_samples)
 
+    def check_batch(self, batch) -> None:
+        """Check a training batch's values eagerly (``validate_inputs``; one host sync)."""
+        if self.validate_inputs:
+            self.density.check_input(self.unpack_batch(batch))
+
+    def training_bound_only(self, batch) -> Tensor:
+        """The training bound of a step whose diagnostics are not wanted (what
+        :meth:`compiled_bound` compiles)."""
+        return self.training_bound(batch)[0]
+
     def _logs_after_this_step(self) -> bool:
         """Whether Lightning writes the training logs after the optimiser step about to run."""
         trainer = self.trainer
@@ -206,9 +216,10 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
         """One optimiser step's ``(loss, bound, diagnostics)``; diagnostics only when they will be
         logged (the last step of a Lightning batch whose logs are written), else None."""
         self._diagnostics_wanted = last and self._logs_after_this_step()
-        bound, diagnostics = self.training_bound(batch)
-        loss = -bound.mean()
-        return loss, bound, diagnostics if self._diagnostics_wanted else None
+        bound, diagnostics = None if self._diagnostics_wanted else self.compiled_bound(batch), None
+        if bound is None:
+            bound, diagnostics = self.training_bound(batch)
+        return -bound.mean(), bound, diagnostics if self._diagnostics_wanted else None
 
     def training_step(self, batch, batch_idx: int) -> Tensor | None:
         if self.automatic_optimization:
@@ -298,6 +309,7 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
     def on_train_start(self) -> None:
         self.restore_rng_on_train_start()
         self.align_validation_to_blocks()
+        self.prepare_compiled_bound()
 
     def on_validation_epoch_start(self) -> None:
         # re-create the metric state in this loop's grad mode: a previous trainer.validate() ran
