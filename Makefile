@@ -26,8 +26,14 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+## Ours beside the authors' TF1 code (installs it with ../shared/tfref/install.sh if missing; about 40 minutes),
+## then where a 2-D step's time goes (bare loop vs Trainer.fit) and the VAE's step time and memory per prior.
+## Never run it while other jobs share the cores.
 bench: $(STAMP)
-	$(PY) bench/toy2d_steps.py --steps 300 --warmup 50 --repeats 5 --threads 1 --output docs/BENCHMARKS.md
+	-[ -x "$${EIMREF:-$$HOME/.cache/eimref}/venv/bin/python" ] || bash ../shared/tfref/install.sh
+	$(PY) bench/vs_tf.py --output docs/BENCHMARKS.md
+	$(PY) bench/toy2d_steps.py --steps 300 --warmup 50 --repeats 5 --output docs/BENCHMARKS_BREAKDOWN.md
+	$(PY) bench/vae_steps.py --output docs/BENCHMARKS_IMAGES.md
 
 results: $(STAMP)
 	$(PY) bench/toy2d_results.py --steps 20000 --jobs 2 --output docs/RESULTS.md

@@ -7,7 +7,7 @@ backward, Adam step, LARS's Z update) without Lightning; the ratio of the two is
 overhead. Each cell is the median of ``--repeats`` consecutive timed windows of ``--steps`` steps of
 one run, after ``--warmup`` steps (which include any ``torch.compile`` compilation). Writes a Markdown table (``--output``) with the machine and versions.
 
-    python bench/toy2d_steps.py --output docs/BENCHMARKS.md
+    python bench/toy2d_steps.py --output docs/BENCHMARKS_BREAKDOWN.md
     python bench/toy2d_steps.py --steps 200 --repeats 1          # quick look
 """
 

@@ -100,10 +100,9 @@ class EIMPosteriorVAE(Density):
         if context is not None:
             raise ValueError(f"{type(self).__name__} is unconditional: the data is the posterior's context")
         bound, s = self._replicas_and_weights(x, 1)
-        diagnostics = {}
-        if diagnostics and s.shape[0] > 1:
-            diagnostics["posterior_ess"] = (1.0 / s.detach().square().sum(0)).mean()
-        return bound[0], diagnostics
+        if not diagnostics or s.shape[0] == 1:
+            return bound[0], {}
+        return bound[0], {"posterior_ess": (1.0 / s.detach().square().sum(0)).mean()}
 
     def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
         """Samples of the model ``x ~ p(x)`` (prior, then likelihood)."""

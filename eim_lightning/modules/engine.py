@@ -206,10 +206,10 @@ class StepEngineMixin:
     def prepare_compiled_bound(self) -> None:
         """At ``on_train_start``: compile the one-step training bound where it pays (module doc)."""
         self._compiled_bound = None
-        wanted = self.compile
-        if wanted is None:
-            wanted = bool(getattr(self.density, "compile_pays", False)) and self._run_length() >= COMPILE_MIN_STEPS
-        if wanted and not self.automatic_optimization:
+        if self.compile is False or self.automatic_optimization:
+            return
+        density = getattr(self, "density", None)
+        if self.compile or (getattr(density, "compile_pays", False) and self._run_length() >= COMPILE_MIN_STEPS):
             self._compiled_bound = torch.compile(self.training_bound_only)
 
     def compiled_bound(self, batch) -> Tensor | None:
