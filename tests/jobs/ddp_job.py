@@ -4,7 +4,7 @@
 
 Trains every 2-D module under ``Trainer(strategy="ddp", accelerator="cpu", devices=2)``
 (gloo) for a few steps, records LARS's moving-average Z on every process after every step,
-tests each module, and on rank 0 writes to ``OUT`` the test values, the per-rank Z histories
+tests each module, draws from every process's random stream, and on rank 0 writes to ``OUT`` the test values, the per-rank Z histories
 and per-rank parameter checksums, plus single-process evaluations of the same weights on the
 same test set for comparison. Then every other kind of module (VAE with a LARS prior, ConvHVAE,
 SNIS with a VAE proposal, IWAE, an EIM-posterior VAE, FIVO, ranking NCE) is built from its
@@ -58,6 +58,7 @@ def main() -> None:
         checksum = torch.cat([p.detach().flatten() for p in model.parameters()]).double().sum()
         gathered = trainer.strategy.all_gather(torch.stack([checksum, torch.tensor(float(len(history.values)))]))
         z_hist = trainer.strategy.all_gather(torch.tensor(history.values or [0.0]))
+        draws = trainer.strategy.all_gather(torch.rand(3))  # each rank's training stream, after fit
         if trainer.global_rank == 0:
             x = dm.test_dataloader().dataset.tensors[0]
             model.eval()
@@ -74,6 +75,7 @@ def main() -> None:
                 "z_history": z_hist.tolist(),
                 "lars_z_eval": lars_z,
                 "world_size": trainer.world_size,
+                "draws": draws.tolist(),
             }
     results["configs"] = train_configs()
     if results["configs"] is not None:
