@@ -20,10 +20,12 @@ demo: $(STAMP)
 
 ## The whole test suite (6-8 minutes measured on 2 idle CPU cores, about 20 under load); CI runs exactly this.
 test: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
 
 ## The fast tier (under 2 minutes measured on 2 idle CPU cores).
 test-fast: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -m "not slow"
 
 ## Ours beside the authors' TF1 code (installs it with ../shared/tfref/install.sh if missing; about 40 minutes),

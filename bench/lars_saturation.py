@@ -22,7 +22,6 @@ import torch
 
 from datamodules import make_target
 from eim_lightning import LARS, TRS
-
 from machine import describe
 
 
@@ -40,9 +39,16 @@ def trajectory(algo: str, steps: int, every: int, seed: int) -> list[dict]:
         if step % every == 0:
             with torch.no_grad():
                 a_probe = torch.sigmoid(density.logit(probe))
-                rows.append({"step": step, "objective": float(bound.mean()),
-                             "a_data": float(torch.sigmoid(density.logit(x)).mean()), "z": float(a_probe.mean()),
-                             "saturated": float((a_probe > 0.99).float().mean()), "off": float((a_probe < 0.01).float().mean())})
+                rows.append(
+                    {
+                        "step": step,
+                        "objective": float(bound.mean()),
+                        "a_data": float(torch.sigmoid(density.logit(x)).mean()),
+                        "z": float(a_probe.mean()),
+                        "saturated": float((a_probe > 0.99).float().mean()),
+                        "off": float((a_probe < 0.01).float().mean()),
+                    }
+                )
         if step == steps:
             break
         optimiser.zero_grad()
@@ -73,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{describe()}, {minutes:.1f} min for both runs. "
         "Objective: LARS's log-density estimate (smoothed Z), TRS's exact bound, averaged over the step's batch.",
         "",
-        "| step | LARS objective | LARS a(data) | LARS Z | LARS a>0.99 | LARS a<0.01 | TRS objective | TRS a(data) | TRS Z | TRS a>0.99 | TRS a<0.01 |",
+        "| step | LARS objective | LARS a(data) | LARS Z | LARS a>0.99 | LARS a<0.01 "
+        "| TRS objective | TRS a(data) | TRS Z | TRS a>0.99 | TRS a<0.01 |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for lars, trs in zip(runs["lars"], runs["trs"]):
@@ -85,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
         f"After {opts.steps} steps LARS accepts {100 * last_l['a_data']:.0f} % of the data and Z = {last_l['z']:.2f} "
         f"(density ratio a/Z at the data about {last_l['a_data'] / last_l['z']:.1f}), with "
         f"{100 * last_l['saturated']:.0f} % of proposal samples saturated (a > 0.99); TRS accepts "
-        f"{100 * last_t['a_data']:.0f} % of the data with Z = {last_t['z']:.2f} (ratio {last_t['a_data'] / last_t['z']:.1f}). "
+        f"{100 * last_t['a_data']:.0f} % of the data with Z = {last_t['z']:.2f} "
+        f"(ratio {last_t['a_data'] / last_t['z']:.1f}). "
         "Where a saturates, LARS's gradient that would lower the acceptance between the modes vanishes, so the "
         "model stays close to pi restricted to a broad region: the LARS* row for nine_gaussians in RESULTS.md. "
         "This is a property of LARS's objective with these settings (sigmoid acceptance, Adam 3e-4), "

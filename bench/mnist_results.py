@@ -47,16 +47,19 @@ def report() -> str:
         "bound (LARS rows: the log-likelihood *estimate* with Z from 1e8 latent / 1e6 pixel proposal samples)",
         "averaged over the test images; NLL = minus that. Validation during training: the single-sample ELBO.",
         "",
-        "| dataset | model | steps | seed | epochs | train (h) | test points | test NLL (nats) | paper NLL | test (min) |",
+        "| dataset | model | steps | seed | epochs | train (h) | test points "
+        "| test NLL (nats) | paper NLL | test (min) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         paper = PAPER.get((r["dataset"], r["row"]))
         epochs = r["steps"] * 128 / 50_000
+        train = "(the run above, retested)" if r["train_hours"] != r["train_hours"] else format(r["train_hours"], ".2f")
+        every = " (every " + str(r.get("test_every")) + "th)" if r.get("test_every", 1) > 1 else ""
         lines.append(
             f"| {r['dataset']} | {r['row']} | {r['steps']} | {r.get('seed', '')} | {epochs:.1f} | "
-            f"{'(the run above, retested)' if r['train_hours'] != r['train_hours'] else format(r['train_hours'], '.2f')} | "
-            f"{r['test_points']}{' (every ' + str(r.get('test_every')) + 'th)' if r.get('test_every', 1) > 1 else ''} | "
+            f"{train} | "
+            f"{r['test_points']}{every} | "
             f"{-r['test_value']:.2f} | {'' if paper is None else f'{paper:.2f}'} | {r['test_minutes']:.1f} |"
         )
     lines += ["", HOW_TO_REPRODUCE, NOTES]

@@ -50,9 +50,8 @@ from lightning.pytorch.callbacks import Callback
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's eim_lightning and datamodules, whatever is installed
 
-from machine import describe  # noqa: E402  (bench/machine.py, beside this script)
-
 from eim_lightning.cli import EIMCLI  # noqa: E402
+from machine import describe  # noqa: E402  (bench/machine.py, beside this script)
 
 # the 2-D models' arguments that the authors' --K sets (their small_problems.py: NIS K, TRS T, LARS K = T)
 K_ARGUMENTS = {"snis": ["num_proposals"], "trs": ["T"], "lars": ["T", "num_z_samples"]}
@@ -158,17 +157,28 @@ class Row:
         config = yaml.safe_load(self.config.read_text())
         # the config's own checkpoints (inside the logger's version folder) are replaced by the run's
         callbacks = [c for c in config["trainer"].get("callbacks", []) if "ModelCheckpoint" not in c["class_path"]]
-        args = [f"--trainer.max_steps={self.opts.steps}", f"--trainer.callbacks={json.dumps(callbacks)}",
-                f"--trainer.logger.init_args.save_dir={self.folder}", "--trainer.logger.init_args.name=logs"]
+        args = [
+            f"--trainer.max_steps={self.opts.steps}",
+            f"--trainer.callbacks={json.dumps(callbacks)}",
+            f"--trainer.logger.init_args.save_dir={self.folder}",
+            "--trainer.logger.init_args.name=logs",
+        ]
         cli = EIMCLI(args=[*self.args(), *args], trainer_defaults={"callbacks": [log]}, run=False)
         resume = self.last if self.last.exists() else None
         print(f"{self.name}: {'resuming from ' + str(resume) if resume else 'training'} in {self.folder}", flush=True)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
         if cli.trainer.global_step != self.opts.steps:
-            raise SystemExit(f"{self.name}: {self.folder} holds a run of {cli.trainer.global_step} steps, not "
-                             f"{self.opts.steps}; choose another --runs folder")
-        return {"steps": cli.trainer.global_step, "train_hours": log.train_seconds() / 3600,
-                "resumed_at_steps": log.resumed_at, "train_elbo_every": self.opts.elbo_every, "train_elbo": log.elbo}
+            raise SystemExit(
+                f"{self.name}: {self.folder} holds a run of {cli.trainer.global_step} steps, not "
+                f"{self.opts.steps}; choose another --runs folder"
+            )
+        return {
+            "steps": cli.trainer.global_step,
+            "train_hours": log.train_seconds() / 3600,
+            "resumed_at_steps": log.resumed_at,
+            "train_elbo_every": self.opts.elbo_every,
+            "train_elbo": log.elbo,
+        }
 
     def evaluate(self, *overrides: str) -> dict:
         """``eim test`` of the final checkpoint (with ``overrides``); its value and cost."""
@@ -177,20 +187,40 @@ class Row:
         began = time.time()
         (metrics,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=self.last, verbose=False)
         metric = f"test/{cli.model.bound_name}"
-        return {"metric": metric, "value": metrics[metric], "points": len(cli.datamodule.test_dataloader().dataset),
-                "samples": cli.model.num_test_samples, "minutes": (time.time() - began) / 60}
+        return {
+            "metric": metric,
+            "value": metrics[metric],
+            "points": len(cli.datamodule.test_dataloader().dataset),
+            "samples": cli.model.num_test_samples,
+            "minutes": (time.time() - began) / 60,
+        }
 
     def record(self, trained: dict) -> dict:
         test = self.evaluate()
-        record = {"dataset": self.dataset, "row": self.row, "seed": self.opts.seed,
-                  **({"K": self.opts.K} if self.k_arguments else {}), **trained,
-                  "metric": test["metric"], "test_value": test["value"], "test_points": test["points"],
-                  "num_test_samples": test["samples"], "test_minutes": test["minutes"]}
+        record = {
+            "dataset": self.dataset,
+            "row": self.row,
+            "seed": self.opts.seed,
+            **({"K": self.opts.K} if self.k_arguments else {}),
+            **trained,
+            "metric": test["metric"],
+            "test_value": test["value"],
+            "test_points": test["points"],
+            "num_test_samples": test["samples"],
+            "test_minutes": test["minutes"],
+        }
         if self.toy2d:  # batches of 1,000 points, each with its own proposal samples, one replica each
-            single = self.evaluate("--model.init_args.num_test_samples=1", "--data.init_args.eval_batch_size=1000",
-                                   f"--data.init_args.test_size={self.opts.points}")
-            record.update(single_replica_value=single["value"], single_replica_points=single["points"],
-                          single_replica_batch=1000, single_replica_minutes=single["minutes"])
+            single = self.evaluate(
+                "--model.init_args.num_test_samples=1",
+                "--data.init_args.eval_batch_size=1000",
+                f"--data.init_args.test_size={self.opts.points}",
+            )
+            record.update(
+                single_replica_value=single["value"],
+                single_replica_points=single["points"],
+                single_replica_batch=1000,
+                single_replica_minutes=single["minutes"],
+            )
         date = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
         record.update(machine=describe(), commit=code_commit(), date=date, command=self.command)
         return record
@@ -211,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     opts = parser.parse_args(argv[:split])
-    opts.overrides = argv[split + 1:]
+    opts.overrides = argv[split + 1 :]
     torch.set_num_threads(opts.threads)
     for row in [Row(name, opts) for name in opts.rows]:
         if row.recorded():

@@ -44,7 +44,8 @@ def run_one(algo: str, target: str, steps: int, runs_dir: Path) -> dict:
     config = REPO / "configs" / "toy2d" / f"{algo}_{target}.yaml"
     cli = EIMCLI(
         args=[
-            "--config", str(config),
+            "--config",
+            str(config),
             f"--trainer.max_steps={steps}",
             f"--trainer.logger.init_args.save_dir={runs_dir}",
             "--trainer.enable_progress_bar=false",
@@ -97,7 +98,8 @@ def write_table(runs_dir: Path, output: Path, images_dir: Path, command: str, op
         "tanh, K = T = 1024, HIS T = 5). Higher is better; the target's E_p[log p] is the ceiling. "
         "\\* LARS's value is an *estimate* (its Z is estimated from 1e8 proposal samples), not a bound.",
         "",
-        f"Produced by `{command}` on {describe(threads=1)} per run, {opts_jobs} runs side by side on a machine shared with other work. The paper trained far longer: these are short runs, not converged values.",
+        f"Produced by `{command}` on {describe(threads=1)} per run, {opts_jobs} runs side by side on a machine "
+        "shared with other work. The paper trained far longer: these are short runs, not converged values.",
         "",
         "| target | " + " | ".join(LABELS[a] for a in ALGOS) + " | N(0, I) proposal | target E_p[log p] | steps |",
         "|---|" + "---|" * (len(ALGOS) + 3),
@@ -180,7 +182,13 @@ def main(argv: list[str] | None = None) -> None:
     with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
         list(pool.map(launch, todo))
     command = f"python bench/toy2d_results.py --steps {opts.steps} --jobs {opts.jobs}"
-    write_table(runs_dir, Path(opts.output).resolve(), Path(opts.output).resolve().parent / "images" / "toy2d", command, opts.jobs)
+    write_table(
+        runs_dir,
+        Path(opts.output).resolve(),
+        Path(opts.output).resolve().parent / "images" / "toy2d",
+        command,
+        opts.jobs,
+    )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ checkerboard samples, Adam 3e-4, on the CPU. The bare loop is exactly what the m
 training step does (draw a batch, ``density.bound_and_diagnostics``, ``-bound.mean()``,
 backward, Adam step, LARS's Z update) without Lightning; the ratio of the two is Lightning's
 overhead. Each cell is the median of ``--repeats`` consecutive timed windows of ``--steps`` steps of
-one run, after ``--warmup`` steps (which include any ``torch.compile`` compilation). Writes a Markdown table (``--output``) with the machine and versions.
+one run, after ``--warmup`` steps (which include any ``torch.compile`` compilation). Writes a Markdown
+table (``--output``) with the machine and versions.
 
     python bench/toy2d_steps.py --output docs/BENCHMARKS_BREAKDOWN.md
     python bench/toy2d_steps.py --steps 200 --repeats 1          # quick look
@@ -24,7 +25,6 @@ import torch
 
 from datamodules import Toy2DDataModule, make_target
 from eim_lightning import HIS, LARS, SNIS, TRS
-
 from machine import describe
 
 CASES = [
@@ -144,7 +144,12 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name, knob, value, make in CASES:
         cells = []
-        for fn, flag in ((bare_loop_seconds, False), (bare_loop_seconds, True), (lightning_seconds, False), (lightning_seconds, True)):
+        for fn, flag in (
+            (bare_loop_seconds, False),
+            (bare_loop_seconds, True),
+            (lightning_seconds, False),
+            (lightning_seconds, True),
+        ):
             try:
                 cells.append(statistics.median(fn(make, opts.steps, opts.warmup, opts.repeats, flag)))
             except Exception as err:  # torch.compile cannot handle every bound (HIS's double backward)
@@ -153,14 +158,15 @@ def main(argv: list[str] | None = None) -> None:
         bare, bare_compiled, lit, lit_fast = cells
         compiled_text = "n/a" if bare_compiled != bare_compiled else f"{bare_compiled * 1e3:.2f}"
         rows.append(
-            f"| {name} | {knob} = {value} | {bare * 1e3:.2f} | {compiled_text} | {lit * 1e3:.2f} | {lit_fast * 1e3:.2f} | "
-            f"{lit_fast / bare:.2f} | {1 / lit:.0f} |"
+            f"| {name} | {knob} = {value} | {bare * 1e3:.2f} | {compiled_text} | {lit * 1e3:.2f} | "
+            f"{lit_fast * 1e3:.2f} | {lit_fast / bare:.2f} | {1 / lit:.0f} |"
         )
         print(rows[-1], flush=True)
     parts = breakdown_ms(CASES[0][3], opts.steps, opts.warmup)
     took = time.time() - began
     header = [
-        "| model | size | bare loop (ms/step) | bare loop, torch.compile (ms/step) | Trainer.fit (ms/step) | Trainer.fit, checks off (ms/step) | Lightning (checks off) / bare | steps/s (Trainer.fit) |",
+        "| model | size | bare loop (ms/step) | bare loop, torch.compile (ms/step) | Trainer.fit (ms/step) "
+        "| Trainer.fit, checks off (ms/step) | Lightning (checks off) / bare | steps/s (Trainer.fit) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     text = "\n".join(
@@ -168,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
             "## 2-D training step (batch 128, CPU)",
             "",
             f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {describe()}; "
-            f"median of {opts.repeats} consecutive windows of {opts.steps} steps of one run, after {opts.warmup} warm-up steps; "
+            f"median of {opts.repeats} consecutive windows of {opts.steps} steps of one run, "
+            f"after {opts.warmup} warm-up steps; "
             f"the whole run took {took / 60:.1f} minutes. Command: `python bench/toy2d_steps.py "
             f"{' '.join(argv if argv is not None else sys.argv[1:])}`.",
             "",
@@ -177,17 +184,18 @@ def main(argv: list[str] | None = None) -> None:
             "",
             "Where the bare SNIS (K = 128) step's time goes: "
             + ", ".join(f"{k} {v:.2f} ms" for k, v in parts.items())
-            + ". For scale, the authors' TensorFlow graph does such a step in about 0.35-0.5 ms on these machines: eager "
-            "PyTorch pays a few microseconds of dispatch for each of the ~100 small forward and backward operations and "
-            "for Adam's step; `torch.compile` fuses the TRS and LARS bounds (see its column) but cannot compile HIS's "
-            "double backward, and the Lightning loop (hooks, logging, torchmetrics) roughly doubles the bare step.",
+            + ". For scale, the authors' TensorFlow graph does such a step in about 0.35-0.5 ms on these "
+            "machines: eager PyTorch pays a few microseconds of dispatch for each of the ~100 small forward and "
+            "backward operations and for Adam's step; `torch.compile` fuses the TRS and LARS bounds (see its "
+            "column) but cannot compile HIS's double backward, and the Lightning loop (hooks, logging, "
+            "torchmetrics) roughly doubles the bare step.",
             "",
             "On this shared virtual machine the same command's timings drift by up to 2x between runs minutes "
             "apart (seen: the bare SNIS K = 128 step at 1.7 ms in one run and 4.2 ms in a rerun five minutes later, "
             "the machine otherwise idle): compare the columns of one run, not numbers across runs.",
             "",
-            "\"checks off\": `validate_inputs=False, check_finite_every_n_steps=0` (no host syncs in the step); "
-            "the bare loops run with the density's input checks off as well. \"torch.compile\": "
+            '"checks off": `validate_inputs=False, check_finite_every_n_steps=0` (no host syncs in the step); '
+            'the bare loops run with the density\'s input checks off as well. "torch.compile": '
             "`torch.compile(density.bound_and_diagnostics)`, compiled during the warm-up (tens of seconds to "
             "minutes on these cores), not counted.",
             "",

@@ -49,8 +49,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 KS = (1, 2, 4, 8, 16, 32, 64, 128)
 SCHEMES = ("multinomial", "systematic", "never")
-LABELS = {"multinomial": "FIVO, multinomial", "systematic": "FIVO, systematic",
-          "stratified": "FIVO, stratified", "never": "never resample (IWAE)"}
+LABELS = {
+    "multinomial": "FIVO, multinomial",
+    "systematic": "FIVO, systematic",
+    "stratified": "FIVO, stratified",
+    "never": "never resample (IWAE)",
+}
 
 
 def fivo_vs_kalman(
@@ -96,8 +100,17 @@ def fivo_vs_kalman(
                 rows["gap"].append(kalman - mean)
                 rows["resampling_events"].append(float(res.num_resamples.double().mean()))
             out[scheme] = rows
-    settings = dict(a=a, q=q, r=r, T=T, num_sequences=num_sequences, num_replicas=num_replicas,
-                    ess_threshold=ess_threshold, seed=seed, proposal=label)
+    settings = dict(
+        a=a,
+        q=q,
+        r=r,
+        T=T,
+        num_sequences=num_sequences,
+        num_replicas=num_replicas,
+        ess_threshold=ess_threshold,
+        seed=seed,
+        proposal=label,
+    )
     return {"settings": settings, "kalman": kalman, "ks": list(ks), "schemes": out, "seconds": time.time() - began}
 
 
@@ -115,8 +128,11 @@ def markdown_table(result: dict) -> str:
         f"Mean over {s['num_sequences']} fixed sequences (T = {s['T']}, a = {s['a']}, q = {s['q']}, r = {s['r']}) "
         f"of the per-sequence bound, ± its Monte Carlo standard error over {s['num_replicas']} replicas; "
         f"{s['proposal']} proposal, resampling when ESS < {s['ess_threshold']} K"
-        + (f" (ESS >= 1, so for K <= {1 / s['ess_threshold']:g} the rule never fires and FIVO equals IWAE)."
-           if s["ess_threshold"] > 0 else ".")
+        + (
+            f" (ESS >= 1, so for K <= {1 / s['ess_threshold']:g} the rule never fires and FIVO equals IWAE)."
+            if s["ess_threshold"] > 0
+            else "."
+        )
     )
     return "\n".join(lines)
 
@@ -137,10 +153,13 @@ def plot_fivo_vs_kalman(result: dict, path: str | Path) -> Path:
         left.errorbar(ks, rows["mean"], yerr=err, marker="o", capsize=3, label=LABELS.get(scheme, scheme))
         right.errorbar(ks, rows["gap"], yerr=err, marker="o", capsize=3, label=LABELS.get(scheme, scheme))
     left.axhline(result["kalman"], color="k", linestyle="--", label="Kalman log p(x)")
-    left.set(xscale="log", xlabel="particles K", ylabel="mean bound per sequence (nats)",
-             title=f"SMC bound vs Kalman ({result['settings']['proposal']} proposal)")
-    right.set(xscale="log", yscale="log", xlabel="particles K", ylabel="Kalman log p(x) − bound (nats)",
-              title="gap")
+    left.set(
+        xscale="log",
+        xlabel="particles K",
+        ylabel="mean bound per sequence (nats)",
+        title=f"SMC bound vs Kalman ({result['settings']['proposal']} proposal)",
+    )
+    right.set(xscale="log", yscale="log", xlabel="particles K", ylabel="Kalman log p(x) − bound (nats)", title="gap")
     for ax in (left, right):
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.grid(alpha=0.3)
@@ -169,8 +188,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     proposals = ["bootstrap", "optimal"] if args.proposal == "both" else [args.proposal]
     results = []
     for proposal in proposals:
-        result = fivo_vs_kalman(T=args.T, num_sequences=args.sequences, num_replicas=args.replicas, ks=args.ks,
-                                schemes=args.schemes, proposal=proposal, seed=args.seed)
+        result = fivo_vs_kalman(
+            T=args.T,
+            num_sequences=args.sequences,
+            num_replicas=args.replicas,
+            ks=args.ks,
+            schemes=args.schemes,
+            proposal=proposal,
+            seed=args.seed,
+        )
         image = plot_fivo_vs_kalman(result, args.output_dir / f"fivo_vs_kalman_{proposal}.png")
         print(f"### FIVO vs Kalman, {proposal} proposal\n")
         print(markdown_table(result))

@@ -49,13 +49,15 @@ def _mean_se(reps: torch.Tensor) -> tuple[float, float]:
     return float(per_replica.mean()), se
 
 
-def linear_gaussian_problem(data_dim: int = 8, latent_dim: int = 2, noise_scale: float = 0.5, encoder_steps: int = 300,
-                            seed: int = 0) -> tuple[D.LinearGaussianModel, D.ConditionalNormal]:
+def linear_gaussian_problem(
+    data_dim: int = 8, latent_dim: int = 2, noise_scale: float = 0.5, encoder_steps: int = 300, seed: int = 0
+) -> tuple[D.LinearGaussianModel, D.ConditionalNormal]:
     """The true model of ``LinearGaussianDataModule(seed)`` (float64, fixed) and a Gaussian encoder
     q0(z|x) fitted to it by the ELBO for ``encoder_steps`` Adam steps (diagonal, so not exact)."""
     dm = LinearGaussianDataModule(data_dim=data_dim, latent_dim=latent_dim, noise_scale=noise_scale, seed=seed)
-    model = D.LinearGaussianModel(data_dim, latent_dim, weight=dm.weight.to(DT), bias=dm.bias.to(DT),
-                                  noise_scale=noise_scale, learnable=False)
+    model = D.LinearGaussianModel(
+        data_dim, latent_dim, weight=dm.weight.to(DT), bias=dm.bias.to(DT), noise_scale=noise_scale, learnable=False
+    )
     torch.manual_seed(seed)
     encoder = D.ConditionalNormal(MLP(data_dim, [32], 2 * latent_dim), latent_dim).to(DT)
     _fit(D.EIMPosteriorVAE(model, encoder), encoder.parameters(), model, encoder_steps, lr=1e-2)
@@ -71,8 +73,14 @@ def _fit(density: D.Density, params, model: D.LinearGaussianModel, steps: int, l
         opt.step()
 
 
-def iwae_vs_snis_posterior(ks: Sequence[int] = (1, 2, 4, 8, 16, 32, 64), num_points: int = 64, num_replicas: int = 100,
-                           encoder_steps: int = 300, energy_steps: int = 300, seed: int = 0) -> dict:
+def iwae_vs_snis_posterior(
+    ks: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
+    num_points: int = 64,
+    num_replicas: int = 100,
+    encoder_steps: int = 300,
+    energy_steps: int = 300,
+    seed: int = 0,
+) -> dict:
     """IWAE, the SNIS posterior with U = log w (same draws), U = 0 and a learned U, for each K.
 
     Returns ``{"ks", "log_p", "iwae", "snis_log_w", "snis_zero", "snis_learned"}`` (each bound a
@@ -94,9 +102,12 @@ def iwae_vs_snis_posterior(ks: Sequence[int] = (1, 2, 4, 8, 16, 32, 64), num_poi
         learned = D.EIMPosteriorVAE(model, D.SNIS(encoder, energy, num_proposals=k))
         if k > 1:
             _fit(learned, energy.parameters(), model, energy_steps, lr=3e-3, batch=64)
-        variants = {"iwae": iwae, "snis_log_w": iwae.as_snis_posterior(),
-                    "snis_zero": D.EIMPosteriorVAE(model, D.SNIS(encoder, _ZeroEnergy(), num_proposals=k)),
-                    "snis_learned": learned}
+        variants = {
+            "iwae": iwae,
+            "snis_log_w": iwae.as_snis_posterior(),
+            "snis_zero": D.EIMPosteriorVAE(model, D.SNIS(encoder, _ZeroEnergy(), num_proposals=k)),
+            "snis_learned": learned,
+        }
         reps = {}
         for name, density in variants.items():
             torch.manual_seed(seed + 100 + k)  # the same particles for every variant
@@ -106,8 +117,13 @@ def iwae_vs_snis_posterior(ks: Sequence[int] = (1, 2, 4, 8, 16, 32, 64), num_poi
             out[name]["mean"].append(mean)
             out[name]["se"].append(se)
         out["max_abs_difference"].append(float((reps["iwae"] - reps["snis_log_w"]).abs().max()))
-    out["settings"] = dict(num_points=num_points, num_replicas=num_replicas, encoder_steps=encoder_steps,
-                           energy_steps=energy_steps, seed=seed)
+    out["settings"] = dict(
+        num_points=num_points,
+        num_replicas=num_replicas,
+        encoder_steps=encoder_steps,
+        energy_steps=energy_steps,
+        seed=seed,
+    )
     out["seconds"] = time.time() - began
     return out
 
@@ -117,17 +133,25 @@ class _ZeroEnergy(torch.nn.Module):
         return torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
 
 
-LABELS = {"iwae": "IWAE", "snis_log_w": "SNIS posterior, U = log w", "snis_zero": "SNIS posterior, U = 0 (ELBO)",
-          "snis_learned": "SNIS posterior, learned U"}
+LABELS = {
+    "iwae": "IWAE",
+    "snis_log_w": "SNIS posterior, U = log w",
+    "snis_zero": "SNIS posterior, U = 0 (ELBO)",
+    "snis_learned": "SNIS posterior, learned U",
+}
 
 
 def iwae_table(result: dict) -> str:
     names = ["snis_zero", "snis_learned", "iwae", "snis_log_w"]
-    lines = ["| K | " + " | ".join(LABELS[n] for n in names) + " | max abs difference IWAE vs U = log w | exact log p(x) |",
-             "|---:|" + "---:|" * (len(names) + 2)]
+    lines = [
+        "| K | " + " | ".join(LABELS[n] for n in names) + " | max abs difference IWAE vs U = log w | exact log p(x) |",
+        "|---:|" + "---:|" * (len(names) + 2),
+    ]
     for i, k in enumerate(result["ks"]):
         cells = [f"{result[n]['mean'][i]:.4f} ± {result[n]['se'][i]:.4f}" for n in names]
-        lines.append(f"| {k} | " + " | ".join(cells) + f" | {result['max_abs_difference'][i]:.1e} | {result['log_p']:.4f} |")
+        lines.append(
+            f"| {k} | " + " | ".join(cells) + f" | {result['max_abs_difference'][i]:.1e} | {result['log_p']:.4f} |"
+        )
     return "\n".join(lines)
 
 
@@ -139,11 +163,22 @@ def plot_iwae_vs_snis_posterior(result: dict, path: str | Path | None = None):
     styles = {"snis_zero": ("s", "-"), "snis_learned": ("^", "-"), "iwae": ("o", "-"), "snis_log_w": ("x", "--")}
     for name, (marker, line) in styles.items():
         rows = result[name]
-        ax.errorbar(result["ks"], rows["mean"], yerr=[2 * s for s in rows["se"]], marker=marker, linestyle=line,
-                    capsize=3, label=LABELS[name])
+        ax.errorbar(
+            result["ks"],
+            rows["mean"],
+            yerr=[2 * s for s in rows["se"]],
+            marker=marker,
+            linestyle=line,
+            capsize=3,
+            label=LABELS[name],
+        )
     ax.axhline(result["log_p"], color="k", linestyle=":", label="exact log p(x)")
-    ax.set(xscale="log", xlabel="K (particles of the SNIS posterior)", ylabel="mean bound (nats)",
-           title="IWAE is the SNIS posterior with U = log w")
+    ax.set(
+        xscale="log",
+        xlabel="K (particles of the SNIS posterior)",
+        ylabel="mean bound (nats)",
+        title="IWAE is the SNIS posterior with U = log w",
+    )
     ax.set_xticks(result["ks"], [str(k) for k in result["ks"]])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -165,17 +200,30 @@ class OptimalCritic(torch.nn.Module):
         return self.dm.log_density_ratio(x, context)
 
 
-def _estimates(module: CPC, dm: CorrelatedGaussianDataModule, k: int, num_batches: int, gen: torch.Generator) -> tuple[float, float]:
+def _estimates(
+    module: CPC, dm: CorrelatedGaussianDataModule, k: int, num_batches: int, gen: torch.Generator
+) -> tuple[float, float]:
     x, c = dm.sample(k * num_batches, gen)
     dtype = module.density.data_mean.dtype
     with torch.no_grad():
-        est = torch.stack([module.mutual_information_lower_bound(xb.to(dtype), cb.to(dtype))
-                           for xb, cb in zip(x.split(k), c.split(k))])
+        est = torch.stack(
+            [
+                module.mutual_information_lower_bound(xb.to(dtype), cb.to(dtype))
+                for xb, cb in zip(x.split(k), c.split(k))
+            ]
+        )
     return float(est.mean()), float(est.std()) / math.sqrt(num_batches) if num_batches > 1 else math.nan
 
 
-def infonce_vs_mi(mis: Sequence[float] = (1.0, 2.0, 4.0), ks: Sequence[int] = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
-                  pairs_per_k: int = 16384, train_steps: int = 600, batch_size: int = 256, dim: int = 2, seed: int = 0) -> dict:
+def infonce_vs_mi(
+    mis: Sequence[float] = (1.0, 2.0, 4.0),
+    ks: Sequence[int] = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+    pairs_per_k: int = 16384,
+    train_steps: int = 600,
+    batch_size: int = 256,
+    dim: int = 2,
+    seed: int = 0,
+) -> dict:
     """Mean InfoNCE (± SE over batches) for each true MI and K, with the optimal critic and with a
     CPC critic trained for ``train_steps`` on batches of ``batch_size`` (0 steps: optimal only)."""
     import lightning as L
@@ -183,16 +231,25 @@ def infonce_vs_mi(mis: Sequence[float] = (1.0, 2.0, 4.0), ks: Sequence[int] = (2
     began = time.time()
     out: dict = {"ks": list(ks), "mis": list(mis), "optimal": {}, "trained": {}}
     for mi in mis:
-        dm = CorrelatedGaussianDataModule(dim=dim, mutual_information=mi, batch_size=batch_size,
-                                          steps_per_epoch=max(train_steps, 1), seed=seed)
+        dm = CorrelatedGaussianDataModule(
+            dim=dim, mutual_information=mi, batch_size=batch_size, steps_per_epoch=max(train_steps, 1), seed=seed
+        )
         optimal = CPC(x_dim=dim, c_dim=dim, critic=OptimalCritic(dm)).to(DT)
         gen = torch.Generator().manual_seed(seed + 1)
         out["optimal"][mi] = [_estimates(optimal, dm, k, max(2, pairs_per_k // k), gen) for k in ks]
         if train_steps:
             L.seed_everything(seed, verbose=False)
             cpc = CPC(x_dim=dim, c_dim=dim, hidden_sizes=[64, 64], embedding_dim=32, lr=3e-3)
-            trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=train_steps, logger=False, enable_checkpointing=False,
-                                enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+            trainer = L.Trainer(
+                accelerator="cpu",
+                devices=1,
+                max_steps=train_steps,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                limit_val_batches=0,
+            )
             trainer.fit(cpc, datamodule=dm)
             gen = torch.Generator().manual_seed(seed + 2)
             out["trained"][mi] = [_estimates(cpc, dm, k, max(2, pairs_per_k // k), gen) for k in ks]
@@ -224,11 +281,22 @@ def plot_infonce_vs_mi(result: dict, path: str | Path | None = None):
         for kind, marker in (("optimal", "o"), ("trained", "^")):
             rows = result[kind].get(mi)
             if rows:
-                ax.errorbar(ks, [m for m, _ in rows], yerr=[2 * s for _, s in rows], color=color, marker=marker,
-                            linestyle="-" if kind == "optimal" else "-.", capsize=2,
-                            label=f"I = {mi:g}: {kind} critic")
-    ax.set(xscale="log", xlabel="K (batch size: the positive and K - 1 negatives)", ylabel="InfoNCE (nats)",
-           title="InfoNCE <= min(I, log K); dotted: the true I")
+                ax.errorbar(
+                    ks,
+                    [m for m, _ in rows],
+                    yerr=[2 * s for _, s in rows],
+                    color=color,
+                    marker=marker,
+                    linestyle="-" if kind == "optimal" else "-.",
+                    capsize=2,
+                    label=f"I = {mi:g}: {kind} critic",
+                )
+    ax.set(
+        xscale="log",
+        xlabel="K (batch size: the positive and K - 1 negatives)",
+        ylabel="InfoNCE (nats)",
+        title="InfoNCE <= min(I, log K); dotted: the true I",
+    )
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
@@ -285,15 +353,29 @@ def trained_bounds(steps: int = 3000, test_samples: int = 100, seed: int = 0) ->
         dm = LinearGaussianDataModule(seed=seed, steps_per_epoch=steps)
         module = build()
         module.lr, module.num_test_samples = 3e-3, test_samples
-        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_steps=steps,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+        )
         t0 = time.time()
         trainer.fit(module, datamodule=dm)
         (result,) = trainer.test(module, datamodule=dm, verbose=False)
         out["runs"][name] = {"test_bound": result["test/bound"], "seconds": time.time() - t0}
     dm = LinearGaussianDataModule(seed=seed)
-    truth = D.LinearGaussianModel(dm.weight.shape[0], dm.latent_dim, weight=dm.weight.to(DT), bias=dm.bias.to(DT),
-                                  noise_scale=dm.noise_scale, learnable=False)
+    truth = D.LinearGaussianModel(
+        dm.weight.shape[0],
+        dm.latent_dim,
+        weight=dm.weight.to(DT),
+        bias=dm.bias.to(DT),
+        noise_scale=dm.noise_scale,
+        learnable=False,
+    )
     x = torch.cat([b[0] for b in dm.test_dataloader()]).to(DT)
     out["true_log_likelihood"] = float(truth.log_prob(x).mean())
     out["settings"] = dict(steps=steps, test_samples=test_samples, seed=seed)
@@ -335,18 +417,25 @@ def main(argv: Sequence[str] | None = None) -> str:
         command="python bench/unify_results.py" + (" --smoke" if args.smoke else ""),
         iwae_table=iwae_table(iw),
         iwae_png=rel(args.images / "iwae_vs_snis_posterior.png"),
-        iwae_settings=iw["settings"], iwae_seconds=iw["seconds"], log_p=iw["log_p"],
+        iwae_settings=iw["settings"],
+        iwae_seconds=iw["seconds"],
+        log_p=iw["log_p"],
         max_diff=max(iw["max_abs_difference"]),
         nce_table=infonce_table(nce),
         nce_png=rel(args.images / "infonce_vs_mi.png"),
-        nce_settings=nce["settings"], nce_seconds=nce["seconds"],
+        nce_settings=nce["settings"],
+        nce_seconds=nce["seconds"],
         rank=rank,
         trained_table="\n".join(
             ["| module | test bound (nats) | gap to the true log-likelihood | seconds |", "|---|---:|---:|---:|"]
-            + [f"| {name} | {r['test_bound']:.4f} | {trained['true_log_likelihood'] - r['test_bound']:.4f} | {r['seconds']:.0f} |"
-               for name, r in trained["runs"].items()]
+            + [
+                f"| {name} | {r['test_bound']:.4f} | {trained['true_log_likelihood'] - r['test_bound']:.4f} "
+                f"| {r['seconds']:.0f} |"
+                for name, r in trained["runs"].items()
+            ]
         ),
-        true_ll=trained["true_log_likelihood"], trained_settings=trained["settings"],
+        true_ll=trained["true_log_likelihood"],
+        trained_settings=trained["settings"],
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
@@ -367,7 +456,8 @@ Linear-Gaussian latent model (8-d x, 2-d z, the true model of `LinearGaussianDat
 held fixed); a diagonal Gaussian encoder q0(z|x) fitted by the ELBO and held fixed (the exact
 posterior has a full covariance, so q0 is not exact and K matters). Per K: the mean over
 {iwae_settings[num_points]} fixed data points of the bound, ± its standard error over
-{iwae_settings[num_replicas]} replicas; every variant sees the same particles. "U = log w" evaluates the SNIS-posterior ELBO
+{iwae_settings[num_replicas]} replicas; every variant sees the same particles.
+"U = log w" evaluates the SNIS-posterior ELBO
 E[sum_k s_k (log w_k - log s_k)] - log K on the very draws IWAE used: the largest difference over
 all K, points and replicas is {max_diff:.1e} nats (float64 rounding). A learned energy
 (MLP of (z, x), {iwae_settings[energy_steps]} Adam steps on the SNIS-posterior bound at each K)

@@ -92,8 +92,14 @@ def case(kind: str, prior: str, steps: int, warmup: int, samples: int, points: i
             if isinstance(vae.prior, D.LARS):
                 vae.prior.update_z_ema()
         seconds = (time.perf_counter() - start) / steps
-        return {"kind": kind, "prior": prior, "ms_per_step": seconds * 1e3, "steps_per_s": 1 / seconds,
-                "peak_mb": rss_mb(), "peak_above_base_mb": rss_mb() - base}
+        return {
+            "kind": kind,
+            "prior": prior,
+            "ms_per_step": seconds * 1e3,
+            "steps_per_s": 1 / seconds,
+            "peak_mb": rss_mb(),
+            "peak_above_base_mb": rss_mb() - base,
+        }
     x = dm.test_dataset.images[:points].float()
     vae.eval()
     if isinstance(vae.prior, D.LARS):
@@ -103,8 +109,17 @@ def case(kind: str, prior: str, steps: int, warmup: int, samples: int, points: i
     with torch.no_grad():
         value = vae.log_prob_lower_bound(x, samples).mean().item()
     seconds = time.perf_counter() - start
-    return {"kind": kind, "prior": prior, "samples": samples, "points": points, "seconds": seconds,
-            "points_per_s": points / seconds, "bound": value, "peak_mb": rss_mb(), "peak_above_base_mb": rss_mb() - base}
+    return {
+        "kind": kind,
+        "prior": prior,
+        "samples": samples,
+        "points": points,
+        "seconds": seconds,
+        "points_per_s": points / seconds,
+        "bound": value,
+        "peak_mb": rss_mb(),
+        "peak_above_base_mb": rss_mb() - base,
+    }
 
 
 def interleaved_step_times(steps: int, rounds: int, data_root: str) -> dict[str, float]:
@@ -158,8 +173,22 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     plan = [("train", p, 1) for p in PRIORS] + [("eval", p, s) for p in PRIORS for s in (100, 1000)]
     for kind, prior, samples in plan:
-        cmd = [sys.executable, __file__, "--case", kind, prior, str(samples), "--steps", str(opts.steps),
-               "--warmup", str(opts.warmup), "--eval-points", str(opts.eval_points), "--data-root", opts.data_root]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--case",
+            kind,
+            prior,
+            str(samples),
+            "--steps",
+            str(opts.steps),
+            "--warmup",
+            str(opts.warmup),
+            "--eval-points",
+            str(opts.eval_points),
+            "--data-root",
+            opts.data_root,
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         if out.returncode != 0:
             raise RuntimeError(out.stderr[-2000:])
@@ -175,12 +204,12 @@ def main(argv: list[str] | None = None) -> None:
         "# Image benchmarks (VAE with each prior, static MNIST)",
         "",
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {describe()}, one torch thread per case, each case "
-        f"in a fresh process; load average {load[0]:.1f} / {load[2]:.1f} (1 / 15 min) at the end: the 2 cores were shared "
-        "with other jobs, so absolute times are pessimistic. Took "
+        f"in a fresh process; load average {load[0]:.1f} / {load[2]:.1f} (1 / 15 min) at the end: "
+        "the 2 cores were shared with other jobs, so absolute times are pessimistic. Took "
         f"{(time.time() - began) / 60:.1f} minutes. Command: `python bench/vae_steps.py "
         f"{' '.join(argv if argv is not None else sys.argv[1:])}`.",
         "",
-        f"## Training step (batch 128, paper sizes)",
+        "## Training step (batch 128, paper sizes)",
         "",
         f"ms/step: median over {opts.rounds} rounds of {opts.steps} steps, the five models taking turns within each "
         "round in one process (so that load from other jobs hits them alike); memory: a separate process per "
@@ -188,9 +217,12 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "| prior | ms/step | steps/s | ms/step relative to N(0, I) | peak RSS (MB) | peak above model+data (MB) |",
         "|---|---|---|---|---|---|",
-        *[f"| {r['prior']} | {interleaved[r['prior']]:.1f} | {1e3 / interleaved[r['prior']]:.1f} | "
-          f"{interleaved[r['prior']] / interleaved['gaussian']:.2f} | {r['peak_mb']:.0f} | {r['peak_above_base_mb']:.0f} |"
-          for r in train],
+        *[
+            f"| {r['prior']} | {interleaved[r['prior']]:.1f} | {1e3 / interleaved[r['prior']]:.1f} | "
+            f"{interleaved[r['prior']] / interleaved['gaussian']:.2f} | {r['peak_mb']:.0f} | "
+            f"{r['peak_above_base_mb']:.0f} |"
+            for r in train
+        ],
         "",
         f"## Evaluation: IWAE bound of {opts.eval_points} test images, 100 vs 1000 importance samples",
         "",
@@ -198,11 +230,16 @@ def main(argv: list[str] | None = None) -> None:
         "not grow with the number of samples (LARS: its Z, from 1e6 samples here, is estimated before the peak mark "
         "is reset). Times of single runs under a fluctuating load: compare within a row.",
         "",
-        "| prior | time 100 (s) | time 1000 (s) | images/s at 1000 | peak above base 100 (MB) | peak above base 1000 (MB) | bound 100 | bound 1000 |",
+        "| prior | time 100 (s) | time 1000 (s) | images/s at 1000 | peak above base 100 (MB) "
+        "| peak above base 1000 (MB) | bound 100 | bound 1000 |",
         "|---|---|---|---|---|---|---|---|",
-        *[f"| {p} | {evals[(p, 100)]['seconds']:.1f} | {evals[(p, 1000)]['seconds']:.1f} | {evals[(p, 1000)]['points_per_s']:.2f} | "
-          f"{evals[(p, 100)]['peak_above_base_mb']:.0f} | {evals[(p, 1000)]['peak_above_base_mb']:.0f} | "
-          f"{evals[(p, 100)]['bound']:.1f} | {evals[(p, 1000)]['bound']:.1f} |" for p in PRIORS],
+        *[
+            f"| {p} | {evals[(p, 100)]['seconds']:.1f} | {evals[(p, 1000)]['seconds']:.1f} | "
+            f"{evals[(p, 1000)]['points_per_s']:.2f} | "
+            f"{evals[(p, 100)]['peak_above_base_mb']:.0f} | {evals[(p, 1000)]['peak_above_base_mb']:.0f} | "
+            f"{evals[(p, 100)]['bound']:.1f} | {evals[(p, 1000)]['bound']:.1f} |"
+            for p in PRIORS
+        ],
         "",
         "The bounds are of an untrained model (initial weights), so they only show that more samples tighten it.",
         "",

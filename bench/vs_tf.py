@@ -80,17 +80,42 @@ def ours_step_ms(algo: str, steps: int, warmup: int) -> float:
 
 
 def tf_bare_ms(algo: str, steps: int) -> float:
-    _, out = _run([str(TF_PYTHON), str(TFREF / "bench_tf_step.py"), "--algo", algo, "--K", "1024", "--steps", str(steps),
-                   "--repeats", "1", "--target", "checkerboard"])
+    _, out = _run(
+        [
+            str(TF_PYTHON),
+            str(TFREF / "bench_tf_step.py"),
+            "--algo",
+            algo,
+            "--K",
+            "1024",
+            "--steps",
+            str(steps),
+            "--repeats",
+            "1",
+            "--target",
+            "checkerboard",
+        ]
+    )
     return float(re.search(rf"^{algo} 1024 ([0-9.]+)$", out, re.M).group(1))
 
 
 def tf_script(algo: str, steps: int, target: str) -> tuple[float, float]:
     """(wall seconds of the whole process, ms per step from its log timestamps)."""
     with tempfile.TemporaryDirectory() as logdir:
-        took, out = _run([str(TF_PYTHON), "-m", "eim.small_problems", f"--algo={algo}", "--K=1024",
-                          f"--target={target}", f"--max_steps={steps}", f"--logdir={logdir}"],
-                         cwd=EIMREF, env={"PYTHONPATH": str(EIMREF), "TF_CPP_MIN_LOG_LEVEL": "2"})
+        took, out = _run(
+            [
+                str(TF_PYTHON),
+                "-m",
+                "eim.small_problems",
+                f"--algo={algo}",
+                "--K=1024",
+                f"--target={target}",
+                f"--max_steps={steps}",
+                f"--logdir={logdir}",
+            ],
+            cwd=EIMREF,
+            env={"PYTHONPATH": str(EIMREF), "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
         log = Path(logdir) / "tf.log"
         log.write_text(out)
         _, parsed = _run([sys.executable, str(TFREF / "parse_upstream_log.py"), algo, str(log)])
@@ -100,9 +125,21 @@ def tf_script(algo: str, steps: int, target: str) -> tuple[float, float]:
 
 def ours_process_s(algo: str, steps: int) -> float:
     with tempfile.TemporaryDirectory() as out:
-        took, _ = _run([sys.executable, "-m", "eim_lightning", "fit", "--config",
-                        f"configs/toy2d/{CONFIG[algo]}_nine_gaussians.yaml", "--trainer.max_steps", str(steps),
-                        "--trainer.logger.init_args.save_dir", out], cwd=REPO)
+        took, _ = _run(
+            [
+                sys.executable,
+                "-m",
+                "eim_lightning",
+                "fit",
+                "--config",
+                f"configs/toy2d/{CONFIG[algo]}_nine_gaussians.yaml",
+                "--trainer.max_steps",
+                str(steps),
+                "--trainer.logger.init_args.save_dir",
+                out,
+            ],
+            cwd=REPO,
+        )
     return took
 
 
@@ -123,10 +160,15 @@ def per_step_table(windows: int, steps: int, warmup: int, with_tf: bool) -> list
             if with_tf:
                 bare.append(tf_bare_ms(algo, steps))
                 script.append(tf_script(algo, max(4000, warmup + steps + 1000), "checkerboard")[1])
-            print(f"  {model}: ours {ours[-1]:.3f} ms" + (f", TF bare {bare[-1]:.3f}, TF script {script[-1]:.3f}"
-                                                         if with_tf else ""), flush=True)
+            print(
+                f"  {model}: ours {ours[-1]:.3f} ms"
+                + (f", TF bare {bare[-1]:.3f}, TF script {script[-1]:.3f}" if with_tf else ""),
+                flush=True,
+            )
         o, b, s = _median(ours), _median(bare), _median(script)
-        rows.append(f"| {model} | {size} | {_fmt(o, 3)} | {_fmt(s, 3)} | {_fmt(b, 3)} | {_fmt(s / o)} | {_fmt(b / o)} |")
+        rows.append(
+            f"| {model} | {size} | {_fmt(o, 3)} | {_fmt(s, 3)} | {_fmt(b, 3)} | {_fmt(s / o)} | {_fmt(b / o)} |"
+        )
     return rows
 
 
@@ -159,33 +201,53 @@ def main(argv: list[str] | None = None) -> None:
     began = time.time()
     text = ["# Speed beside the authors' TF1 code", ""]
     if not with_tf:
-        text += [f"**The TF reference is not installed** (looked for `{TF_PYTHON}`): these tables hold our numbers "
-                 "alone. Install it with `bash ../shared/tfref/install.sh` (a TF 2.15 CPU venv in "
-                 "`~/.cache/eimref`, a few minutes) and rerun `make bench`.", ""]
+        text += [
+            f"**The TF reference is not installed** (looked for `{TF_PYTHON}`): these tables hold our numbers "
+            "alone. Install it with `bash ../shared/tfref/install.sh` (a TF 2.15 CPU venv in "
+            "`~/.cache/eimref`, a few minutes) and rerun `make bench`.",
+            "",
+        ]
     if opts.part in ("step", "both"):
         print("per-step table", flush=True)
         rows = per_step_table(opts.windows, opts.step_steps, opts.warmup, with_tf)
-        text += ["## Per optimiser step, 2-D (batch 128, checkerboard)", "",
-                 f"Ours: `Trainer.fit` at the module's defaults (logger, checkpoints, progress bar off; {opts.step_steps} "
-                 f"timed steps after {opts.warmup}); TF script: the authors' whole `eim.small_problems` loop, ms per step "
-                 "from its own log timestamps; TF bare: `sess.run(train_op)` alone (`bench_tf_step.py`). "
-                 "Ratio = TF / ours (above 1: ours is faster).", "",
-                 "| model | size | ours (ms/step) | TF script (ms/step) | TF bare (ms/step) | ratio to TF script | ratio to TF bare |",
-                 "|---|---|---|---|---|---|---|", *rows, ""]
+        text += [
+            "## Per optimiser step, 2-D (batch 128, checkerboard)",
+            "",
+            f"Ours: `Trainer.fit` at the module's defaults (logger, checkpoints, progress bar off; {opts.step_steps} "
+            f"timed steps after {opts.warmup}); TF script: the authors' whole `eim.small_problems` loop, ms per step "
+            "from its own log timestamps; TF bare: `sess.run(train_op)` alone (`bench_tf_step.py`). "
+            "Ratio = TF / ours (above 1: ours is faster).",
+            "",
+            "| model | size | ours (ms/step) | TF script (ms/step) | TF bare (ms/step) "
+            "| ratio to TF script | ratio to TF bare |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
     if opts.part in ("process", "both"):
         print("whole-process table", flush=True)
         rows = process_table(opts.windows, opts.steps, with_tf)
-        text += [f"## Whole process, {opts.steps:,} steps on nine_gaussians", "",
-                 "Ours: `eim fit --config configs/toy2d/<algo>_nine_gaussians.yaml --trainer.max_steps "
-                 f"{opts.steps}` as shipped (TensorBoard logger, checkpoints, image callback, progress bar, validation "
-                 "every 1000 steps), start-up included; TF: `python -m eim.small_problems --algo=... --K=1024 "
-                 f"--target=nine_gaussians --max_steps={opts.steps}`. Wall seconds of a fresh process; ratio = TF / ours.",
-                 "", "| model | size | ours (s) | TF (s) | ratio |", "|---|---|---|---|---|", *rows, ""]
-    text += [f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {describe()}; both sides at their default thread "
-             f"counts (torch: {os.cpu_count()} intra-op threads; TF: its defaults). Ours and TF alternate in "
-             f"{opts.windows} windows, each cell the median; the whole run took {(time.time() - began) / 60:.1f} "
-             f"minutes. Command: `python bench/vs_tf.py {' '.join(argv if argv is not None else sys.argv[1:])}`. "
-             "These shared machines drift up to 2x between runs: compare the ratios, not the times across runs.", ""]
+        text += [
+            f"## Whole process, {opts.steps:,} steps on nine_gaussians",
+            "",
+            "Ours: `eim fit --config configs/toy2d/<algo>_nine_gaussians.yaml --trainer.max_steps "
+            f"{opts.steps}` as shipped (TensorBoard logger, checkpoints, image callback, progress bar, validation "
+            "every 1000 steps), start-up included; TF: `python -m eim.small_problems --algo=... --K=1024 "
+            f"--target=nine_gaussians --max_steps={opts.steps}`. Wall seconds of a fresh process; ratio = TF / ours.",
+            "",
+            "| model | size | ours (s) | TF (s) | ratio |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    text += [
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {describe()}; both sides at their default thread "
+        f"counts (torch: {os.cpu_count()} intra-op threads; TF: its defaults). Ours and TF alternate in "
+        f"{opts.windows} windows, each cell the median; the whole run took {(time.time() - began) / 60:.1f} "
+        f"minutes. Command: `python bench/vs_tf.py {' '.join(argv if argv is not None else sys.argv[1:])}`. "
+        "These shared machines drift up to 2x between runs: compare the ratios, not the times across runs.",
+        "",
+    ]
     print("\n".join(text))
     if opts.output:
         Path(opts.output).write_text("\n".join(text))

@@ -2,11 +2,16 @@
 ``eim_lightning``'s densities or modules."""
 
 from .binarized import VARIANTS, BinarizedMNISTDataModule, ImageDataModule, ImageDataset, load_static_mnist, read_amat
+from .correlated_gaussian import CorrelatedGaussianDataModule
 from .idx import load_mnist_images, read_idx
 from .jittered import JITTERED_DATASETS, JitteredMNISTDataModule
+from .linear_gaussian import LinearGaussianDataModule
+from .sequences import LinearGaussianSequenceDataModule, SequenceDataModule, SineSequenceDataModule
+from .synthetic import SyntheticDataModule
 from .toy2d import TARGETS, Checkerboard, NineGaussians, Target, Toy2DDataModule, TwoRings, make_target
 
 __all__ = [
+    # 2-D targets (the paper's section 5.1)
     "Toy2DDataModule",
     "Target",
     "NineGaussians",
@@ -14,6 +19,7 @@ __all__ = [
     "Checkerboard",
     "TARGETS",
     "make_target",
+    # images (issue 4)
     "BinarizedMNISTDataModule",
     "JitteredMNISTDataModule",
     "ImageDataModule",
@@ -24,16 +30,12 @@ __all__ = [
     "read_idx",
     "load_static_mnist",
     "load_mnist_images",
+    # synthetic data with exact oracles for the unification (issue 5)
+    "SyntheticDataModule",
+    "CorrelatedGaussianDataModule",
+    "LinearGaussianDataModule",
+    # synthetic sequences for FIVO / SMC (issue 5)
+    "SequenceDataModule",
+    "LinearGaussianSequenceDataModule",
+    "SineSequenceDataModule",
 ]
-
-# synthetic data with exact oracles for the unification (issue 5)
-from .correlated_gaussian import CorrelatedGaussianDataModule  # noqa: E402
-from .linear_gaussian import LinearGaussianDataModule  # noqa: E402
-from .synthetic import SyntheticDataModule  # noqa: E402
-
-__all__ += ["SyntheticDataModule", "CorrelatedGaussianDataModule", "LinearGaussianDataModule"]
-
-# synthetic sequences for FIVO / SMC (issue 5)
-from .sequences import LinearGaussianSequenceDataModule, SequenceDataModule, SineSequenceDataModule  # noqa: E402
-
-__all__ += ["SequenceDataModule", "LinearGaussianSequenceDataModule", "SineSequenceDataModule"]

@@ -359,10 +359,16 @@ class ImageDataModule(L.LightningDataModule):
             self._dataset(split)
 
     def _loader_options(self) -> dict:
-        return {"num_workers": self.num_workers, "pin_memory": self.pin_memory, "persistent_workers": self.num_workers > 0}
+        return {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.num_workers > 0,
+        }
 
     def train_dataloader(self) -> DataLoader:
-        return train_loader(self.train_dataset, self.batch_size, seed=self.seed, trainer=self.trainer, **self._loader_options())
+        return train_loader(
+            self.train_dataset, self.batch_size, seed=self.seed, trainer=self.trainer, **self._loader_options()
+        )
 
     def val_dataloader(self) -> DataLoader:
         return eval_loader(self.val_dataset, self.eval_batch_size, self.trainer, **self._loader_options())
@@ -441,8 +447,19 @@ class BinarizedMNISTDataModule(ImageDataModule):
                 f"(50000/10000/10000); leave it unset (use val_subset for a smaller validation set)"
             )
         _check_int("val_size", val_size, optional=True)
-        super().__init__(root, batch_size, eval_batch_size, flatten, train_subset, val_subset, test_subset,
-                         num_workers, pin_memory, seed, download)
+        super().__init__(
+            root,
+            batch_size,
+            eval_batch_size,
+            flatten,
+            train_subset,
+            val_subset,
+            test_subset,
+            num_workers,
+            pin_memory,
+            seed,
+            download,
+        )
         self.save_hyperparameters()
         self.variant = variant
         self.val_size = 10_000 if val_size is None else val_size

@@ -62,7 +62,7 @@ class CorrelatedGaussianDataModule(SyntheticDataModule):
     @property
     def mutual_information(self) -> float:
         """``I(X; C) = -(d/2) log(1 - rho^2)`` nats."""
-        return -0.5 * self.dim * math.log1p(-self.rho**2)
+        return -0.5 * self.dim * math.log1p(-(self.rho**2))
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """``n`` pairs ``(x [n, d], c [n, d])``."""

@@ -67,8 +67,19 @@ class JitteredMNISTDataModule(ImageDataModule):
         if dataset not in JITTERED_DATASETS:
             raise ValueError(f"unknown jittered dataset {dataset!r}; choose one of {list(JITTERED_DATASETS)}")
         _check_int("val_size", val_size)
-        super().__init__(root, batch_size, eval_batch_size, flatten, train_subset, val_subset, test_subset,
-                         num_workers, pin_memory, seed, download)
+        super().__init__(
+            root,
+            batch_size,
+            eval_batch_size,
+            flatten,
+            train_subset,
+            val_subset,
+            test_subset,
+            num_workers,
+            pin_memory,
+            seed,
+            download,
+        )
         self.save_hyperparameters()
         self.dataset, self.val_size = dataset, val_size
 

@@ -49,4 +49,6 @@ class LinearGaussianDataModule(SyntheticDataModule):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` samples ``[n, data_dim]``."""
         z = torch.randn(n, self.latent_dim, generator=generator)
-        return z @ self.weight.T + self.bias + self.noise_scale * torch.randn(n, self.weight.shape[0], generator=generator)
+        return (
+            z @ self.weight.T + self.bias + self.noise_scale * torch.randn(n, self.weight.shape[0], generator=generator)
+        )

@@ -56,7 +56,9 @@ def counter_uniform(seed: int, epoch: Tensor, index: Tensor, width: int) -> Tens
     ``(seed, epoch[n], index[n], column)``: row ``n`` is the splitmix64 stream whose state is
     keyed by (seed, epoch, index). Counter-based, so no generator state needs saving or replaying."""
     if epoch.dim() != 1 or epoch.shape != index.shape:
-        raise ValueError(f"epoch and index must be 1-D of the same length, got {list(epoch.shape)} and {list(index.shape)}")
+        raise ValueError(
+            f"epoch and index must be 1-D of the same length, got {list(epoch.shape)} and {list(index.shape)}"
+        )
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ValueError(f"width must be a positive integer, got {width!r}")
     signed = (seed64(seed) ^ 2**63) - 2**63  # the same int64 for every seed that fitted before
@@ -75,7 +77,9 @@ class EpochSeededRandomSampler(Sampler):
     ``trainer.global_step`` (times ``accumulate_grad_batches``) and ``trainer.current_epoch``.
     """
 
-    def __init__(self, dataset: Dataset, seed: int = 0, batch_size: int = 1, trainer=None, tag_epoch: bool = False) -> None:
+    def __init__(
+        self, dataset: Dataset, seed: int = 0, batch_size: int = 1, trainer=None, tag_epoch: bool = False
+    ) -> None:
         self.n, self.seed, self.epoch = len(dataset), seed, 0
         self.batch_size, self.trainer, self.tag_epoch = batch_size, trainer, tag_epoch
 
@@ -118,12 +122,18 @@ def train_loader(
     receives ``(epoch, index)`` pairs (see :func:`counter_uniform`)."""
     tag = getattr(dataset, "epoch_keyed", False)
     sampler = EpochSeededRandomSampler(dataset, seed, batch_size or 1, trainer, tag_epoch=tag) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=torch.Generator().manual_seed(seed64(seed)), **kwargs)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, generator=torch.Generator().manual_seed(seed64(seed)), **kwargs
+    )
 
 
 def eval_loader(dataset: Dataset, batch_size: int, trainer=None, **kwargs) -> DataLoader:
     """Validation/test loader: in order; split across processes without padding when distributed."""
     sampler = None
     if trainer is not None and trainer.world_size > 1:
-        sampler = UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=torch.Generator().manual_seed(0), **kwargs)
+        sampler = UnrepeatedDistributedSampler(
+            dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+        )
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, generator=torch.Generator().manual_seed(0), **kwargs
+    )

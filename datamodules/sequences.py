@@ -61,8 +61,14 @@ class SequenceDataModule(SyntheticDataModule):
         eval_batch_size: int = 256,
         seed: int = 0,
     ) -> None:
-        super().__init__(batch_size=batch_size, steps_per_epoch=steps_per_epoch, val_size=val_size,
-                         test_size=test_size, eval_batch_size=eval_batch_size, seed=seed)
+        super().__init__(
+            batch_size=batch_size,
+            steps_per_epoch=steps_per_epoch,
+            val_size=val_size,
+            test_size=test_size,
+            eval_batch_size=eval_batch_size,
+            seed=seed,
+        )
         for name, value in (("T", T), ("train_size", 1 if train_size is None else train_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

@@ -37,8 +37,9 @@ class _FreshSamples(IterableDataset):
     by (seed, rank, run-wide batch index), the index starting where the run stands; grouped into
     blocks of at most ``block`` batches that never straddle a multiple of ``block``."""
 
-    def __init__(self, source, batch_size: int, steps: int, seed: int, block: int,
-                 position: Callable[[], tuple[int, int]]):
+    def __init__(
+        self, source, batch_size: int, steps: int, seed: int, block: int, position: Callable[[], tuple[int, int]]
+    ):
         self.source, self.batch_size, self.steps, self.seed, self.position = source, batch_size, steps, seed, position
         self.block = block
 
@@ -95,8 +96,13 @@ class SyntheticDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        check_positive_ints(batch_size=batch_size, steps_per_epoch=steps_per_epoch, val_size=val_size,
-                            test_size=test_size, eval_batch_size=eval_batch_size)
+        check_positive_ints(
+            batch_size=batch_size,
+            steps_per_epoch=steps_per_epoch,
+            val_size=val_size,
+            test_size=test_size,
+            eval_batch_size=eval_batch_size,
+        )
         if drop_last_eval and min(val_size, test_size) < eval_batch_size:
             raise ValueError(
                 f"val_size ({val_size}) and test_size ({test_size}) must be >= eval_batch_size ({eval_batch_size}) "
@@ -128,12 +134,17 @@ class SyntheticDataModule(L.LightningDataModule):
         return used, trainer.global_rank
 
     def train_dataloader(self) -> DataLoader:
-        data = _FreshSamples(self, self.batch_size, self.steps_per_epoch, self.seed, self.steps_per_block,
-                             self._position)
+        data = _FreshSamples(
+            self, self.batch_size, self.steps_per_epoch, self.seed, self.steps_per_block, self._position
+        )
         return train_loader(data, batch_size=None, seed=self.seed, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
-        return eval_loader(self._fixed(self.val_size, 1), self.eval_batch_size, self.trainer, drop_last=self.drop_last_eval)
+        return eval_loader(
+            self._fixed(self.val_size, 1), self.eval_batch_size, self.trainer, drop_last=self.drop_last_eval
+        )
 
     def test_dataloader(self) -> DataLoader:
-        return eval_loader(self._fixed(self.test_size, 2), self.eval_batch_size, self.trainer, drop_last=self.drop_last_eval)
+        return eval_loader(
+            self._fixed(self.test_size, 2), self.eval_batch_size, self.trainer, drop_last=self.drop_last_eval
+        )

@@ -121,7 +121,9 @@ class Checkerboard(Target):
         inside = (x.abs() < 2).all(-1)
         cell = torch.floor(x + 2).long().clamp(0, 3)
         even = (cell.sum(-1) % 2) == 0
-        return torch.where(inside & even, torch.full_like(x[..., 0], -math.log(8)), torch.full_like(x[..., 0], -math.inf))
+        return torch.where(
+            inside & even, torch.full_like(x[..., 0], -math.log(8)), torch.full_like(x[..., 0], -math.inf)
+        )
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         cells = self._cells()[torch.randint(0, 8, (n,), generator=generator)]
@@ -168,8 +170,14 @@ class Toy2DDataModule(SyntheticDataModule):
         seed: int = 0,
     ) -> None:
         self.target = make_target(target)
-        super().__init__(batch_size=batch_size, steps_per_epoch=steps_per_epoch, val_size=val_size,
-                         test_size=test_size, eval_batch_size=eval_batch_size, seed=seed)
+        super().__init__(
+            batch_size=batch_size,
+            steps_per_epoch=steps_per_epoch,
+            val_size=val_size,
+            test_size=test_size,
+            eval_batch_size=eval_batch_size,
+            seed=seed,
+        )
         self.save_hyperparameters()
 
     @property

@@ -174,7 +174,9 @@ class ImageSampleCallback(L.Callback):
         output_dir: str | None = None,
     ) -> None:
         if every_n_steps < 1 or num_samples < 1 or num_reconstructions < 0 or not pixel_range > 0:
-            raise ValueError("every_n_steps >= 1, num_samples >= 1, num_reconstructions >= 0 and pixel_range > 0 are required")
+            raise ValueError(
+                "every_n_steps >= 1, num_samples >= 1, num_reconstructions >= 0 and pixel_range > 0 are required"
+            )
         self.every_n_steps, self.num_samples, self.num_reconstructions = every_n_steps, num_samples, num_reconstructions
         self.pixel_range, self.image_shape, self.output_dir = pixel_range, tuple(image_shape), output_dir
         self.last_paths: list[Path] = []

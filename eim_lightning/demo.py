@@ -46,12 +46,18 @@ def demo_config(algo: str, target: str, steps: int, output: str) -> dict:
                 "init_args": {"save_dir": output, "name": f"{algo}_{target}"},
             },
             "callbacks": [
-                {"class_path": "eim_lightning.callbacks.DensityImageCallback", "init_args": {"every_n_steps": max(1, steps // 4)}},
+                {
+                    "class_path": "eim_lightning.callbacks.DensityImageCallback",
+                    "init_args": {"every_n_steps": max(1, steps // 4)},
+                },
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}},
             ],
         },
         "model": {"class_path": class_path, "init_args": {"data_dim": 2, **init_args}},
-        "data": {"class_path": "datamodules.Toy2DDataModule", "init_args": {"target": target, "batch_size": 128, "steps_per_epoch": 1000}},
+        "data": {
+            "class_path": "datamodules.Toy2DDataModule",
+            "init_args": {"target": target, "batch_size": 128, "steps_per_epoch": 1000},
+        },
     }
 
 
@@ -85,7 +91,9 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
     images = sorted((log_dir / "images").glob("*.png"))
     final = log_dir / "images" / "final.png"
     print()
-    print(f"{opts.algo.upper()} on {opts.target}, {opts.steps} steps; mean over {cli.datamodule.test_size} test points:")
+    print(
+        f"{opts.algo.upper()} on {opts.target}, {opts.steps} steps; mean over {cli.datamodule.test_size} test points:"
+    )
     print(f"  model    {key:24s} {result['test_bound']:9.4f}  (1000-replica evaluation)")
     print(f"  target   E_p[log p(x)]            {result['true_expected_log_likelihood']:9.4f}  (the ceiling)")
     print(f"  proposal E_p[log N(x; 0, I)]      {result['proposal_expected_log_likelihood']:9.4f}")

@@ -247,8 +247,10 @@ def lgssm_smc_step(
 
     def step(t: int, z_prev):
         zp = torch.zeros(num_particles, b, dtype=x.dtype, device=x.device) if z_prev is None else z_prev
-        eps = noise[t] if noise is not None else torch.randn(
-            num_particles, b, generator=generator, dtype=x.dtype, device=x.device
+        eps = (
+            noise[t]
+            if noise is not None
+            else torch.randn(num_particles, b, generator=generator, dtype=x.dtype, device=x.device)
         )
         return lgssm_step(zp, x[:, t], eps, a_, q_, r_, coefficients)
 

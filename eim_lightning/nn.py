@@ -3,9 +3,10 @@
 ``MLP(in_dim, hidden_sizes, out_dim, activation="tanh")`` is the authors' default network:
 Glorot-uniform weights, zero biases. ``output_bias=False`` drops the bias of the last layer,
 for networks used only through their gradient (HIS's potential: a constant offset gets no
-gradient, which multi-process DDP would otherwise report as an unused parameter). With ``context_dim > 0`` it is conditional: it is called
-as ``net(x, context)`` and sees the concatenation ``[x, context]`` (flattened per example), the
-shape conditional EIMs (posteriors q(z|x), CPC's q(x|c)) need.
+gradient, which multi-process DDP would otherwise report as an unused parameter). With
+``context_dim > 0`` it is conditional: it is called as ``net(x, context)`` and sees the
+concatenation ``[x, context]`` (flattened per example), the shape conditional EIMs (posteriors
+q(z|x), CPC's q(x|c)) need.
 
 :meth:`MLP.input_gradient` is the closed-form gradient of a scalar MLP with respect to its input,
 by the chain rule written out (``g_L = W_L``, ``g_l = (g_{l+1} * s'(a_l)) W_l``, ``a_l`` the
@@ -104,8 +105,10 @@ class MLP(nn.Module):
     def input_gradient(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """``d net(x, c) / dx`` of a scalar MLP, ``[..., in_dim]``, differentiable (see the module doc)."""
         if not self.has_input_gradient:
-            raise ValueError(f"input_gradient needs out_dim == 1 and an activation in {sorted(DERIVATIVES)}; "
-                             f"this MLP has out_dim={self.out_dim}, activation={self.activation!r}")
+            raise ValueError(
+                f"input_gradient needs out_dim == 1 and an activation in {sorted(DERIVATIVES)}; "
+                f"this MLP has out_dim={self.out_dim}, activation={self.activation!r}"
+            )
         derivative = DERIVATIVES[self.activation]
         linears = [m for m in self.net if isinstance(m, nn.Linear)]
         h = self._input(x, context)

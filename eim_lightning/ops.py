@@ -106,9 +106,7 @@ def log1mexp(a: Tensor) -> Tensor:
     return torch.where(a > cut, torch.log(-torch.expm1(a_hi)), torch.log1p(-torch.exp(a_lo)))
 
 
-def chunked_log_mean_exp(
-    replicas: Callable[[int], Tensor], num_samples: int, chunk_size: int
-) -> Tensor:
+def chunked_log_mean_exp(replicas: Callable[[int], Tensor], num_samples: int, chunk_size: int) -> Tensor:
     """``log (1/n) sum_s exp(l_s)`` over ``n = num_samples`` replicas, streamed in chunks.
 
     ``replicas(m)`` must return ``m`` independent replicas ``[m, B]`` of a per-example

@@ -33,14 +33,25 @@ class Adam(torch.optim.Adam):
     ``fused=False`` it is plain ``torch.optim.Adam``.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, fused: bool = True, **kwargs) -> None:
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        fused: bool = True,
+        **kwargs,
+    ) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused, **kwargs)
 
     @staticmethod
     def _lean(group: dict) -> bool:
         return bool(group["fused"]) and not (
-            group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"]
+            group["amsgrad"]
+            or group["maximize"]
+            or group["capturable"]
+            or group["differentiable"]
             or group.get("decoupled_weight_decay", False)
         )
 
@@ -84,7 +95,7 @@ class Adam(torch.optim.Adam):
 
     def _lean_step(self, found_inf: Tensor | None) -> None:
         lists = [self._group_lists(g) for g in self.param_groups]
-        for group, (params, grads, exp_avgs, exp_avg_sqs, steps) in zip(self.param_groups, lists):
+        for _group, (params, _grads, _exp_avgs, _exp_avg_sqs, _steps) in zip(self.param_groups, lists):
             if not params:
                 continue
             first = params[0]
@@ -101,9 +112,20 @@ class Adam(torch.optim.Adam):
             beta1, beta2 = group["betas"]
             torch._foreach_add_(steps, 1)
             torch._fused_adam_(
-                params, grads, exp_avgs, exp_avg_sqs, [], steps,
-                lr=lr, beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
-                amsgrad=False, maximize=False, found_inf=found_inf,
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                [],
+                steps,
+                lr=lr,
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                amsgrad=False,
+                maximize=False,
+                found_inf=found_inf,
             )
             if found_inf is not None:
                 torch._foreach_sub_(steps, [found_inf] * len(steps))

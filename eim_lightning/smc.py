@@ -191,9 +191,7 @@ def multinomial_resample(log_weights: Tensor, uniforms: Tensor) -> Tensor:
     """
     log_weights = _check_log_weights(log_weights)
     if uniforms.dim() != 2 or uniforms.shape[1] != log_weights.shape[1]:
-        raise ValueError(
-            f"uniforms must be [K, B] with B = {log_weights.shape[1]}, got {tuple(uniforms.shape)}"
-        )
+        raise ValueError(f"uniforms must be [K, B] with B = {log_weights.shape[1]}, got {tuple(uniforms.shape)}")
     return _inverse_cdf(log_weights, uniforms)
 
 
@@ -260,17 +258,19 @@ def gather_particles(state: Any, ancestors: Tensor) -> Any:
     raise TypeError(f"state must be a tensor, None, or a tuple/list/dict of them; got {type(state).__name__}")
 
 
-def _resample(
-    scheme: str, log_w: Tensor, generator: torch.Generator | None, supplied: Tensor | None
-) -> Tensor:
+def _resample(scheme: str, log_w: Tensor, generator: torch.Generator | None, supplied: Tensor | None) -> Tensor:
     k, b = log_w.shape
     if scheme == "systematic":
-        u = supplied if supplied is not None else torch.rand(
-            b, generator=generator, device=log_w.device, dtype=log_w.dtype
+        u = (
+            supplied
+            if supplied is not None
+            else torch.rand(b, generator=generator, device=log_w.device, dtype=log_w.dtype)
         )
         return systematic_resample(log_w, u)
-    u = supplied if supplied is not None else torch.rand(
-        k, b, generator=generator, device=log_w.device, dtype=log_w.dtype
+    u = (
+        supplied
+        if supplied is not None
+        else torch.rand(k, b, generator=generator, device=log_w.device, dtype=log_w.dtype)
     )
     if scheme == "multinomial":
         return multinomial_resample(log_w, u)
@@ -305,9 +305,7 @@ def smc(
             whether or not a sequence resamples, so runs are reproducible row by row).
     """
     if resampling not in ("multinomial", "stratified", "systematic", "never"):
-        raise ValueError(
-            f"resampling must be 'multinomial', 'stratified', 'systematic' or 'never', got {resampling!r}"
-        )
+        raise ValueError(f"resampling must be 'multinomial', 'stratified', 'systematic' or 'never', got {resampling!r}")
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps (T) must be an int >= 1, got {num_steps!r}")
     ess_threshold = float(ess_threshold)

@@ -3,7 +3,7 @@
 import torch
 
 from datamodules import Toy2DDataModule, make_target
-from eim_lightning import Gaussian, SNIS
+from eim_lightning import SNIS, Gaussian
 from eim_lightning.callbacks import DensityImageCallback, colorize
 
 
@@ -41,7 +41,9 @@ def test_writes_pngs_and_tensorboard_images(make_trainer, tmp_path):
     from lightning.pytorch.loggers import TensorBoardLogger
 
     cb = DensityImageCallback(every_n_steps=2, grid_size=16, num_samples=500)
-    trainer = make_trainer(max_steps=4, callbacks=[cb], logger=TensorBoardLogger(tmp_path, name="run"), limit_val_batches=0)
+    trainer = make_trainer(
+        max_steps=4, callbacks=[cb], logger=TensorBoardLogger(tmp_path, name="run"), limit_val_batches=0
+    )
     trainer.fit(SNIS(num_proposals=8), datamodule=Toy2DDataModule(steps_per_epoch=4))
     images = sorted(p.name for p in (tmp_path / "run" / "version_0" / "images").glob("*.png"))
     assert images == ["final.png", "step_0000002.png", "step_0000004.png"]

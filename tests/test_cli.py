@@ -66,14 +66,26 @@ def _image_data_overrides(path: Path, cfg: dict, tmp_path: Path) -> list[str]:
     else:
         root = real_data_dir()
         extra = []
-    return [f"--data.init_args.root={root}", "--data.init_args.train_subset=96", "--data.init_args.val_subset=8",
-            "--data.init_args.batch_size=32", "--data.init_args.eval_batch_size=8", *extra]
+    return [
+        f"--data.init_args.root={root}",
+        "--data.init_args.train_subset=96",
+        "--data.init_args.val_subset=8",
+        "--data.init_args.batch_size=32",
+        "--data.init_args.eval_batch_size=8",
+        *extra,
+    ]
 
 
 # image configs: one of each kind in the fast tier, the other ~40 (a few seconds each) are slow
-FAST_IMAGES = {"static_mnist/vae_gaussian_prior", "static_mnist/vae_snis_prior", "static_mnist/vae_lars_prior",
-               "static_mnist/convhvae_gaussian_prior", "static_mnist/snis_vae_proposal",
-               "dynamic_mnist/vae_his_prior", "jittered_fashion/vae_gaussian_decoder"}
+FAST_IMAGES = {
+    "static_mnist/vae_gaussian_prior",
+    "static_mnist/vae_snis_prior",
+    "static_mnist/vae_lars_prior",
+    "static_mnist/convhvae_gaussian_prior",
+    "static_mnist/snis_vae_proposal",
+    "dynamic_mnist/vae_his_prior",
+    "jittered_fashion/vae_gaussian_decoder",
+}
 
 
 def _config_param(path: Path):
@@ -136,14 +148,35 @@ def test_eim_console_script_is_installed():
 def test_fit_then_test_a_checkpoint_from_the_command_line(tmp_path):
     config = str(REPO / "configs" / "toy2d" / "trs_two_rings.yaml")
     common = [f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false"]
-    fit = _run(sys.executable, "-m", "eim_lightning", "fit", "--config", config, "--trainer.max_steps=20",
-               "--trainer.val_check_interval=10", "--model.T=64", *common)
+    fit = _run(
+        sys.executable,
+        "-m",
+        "eim_lightning",
+        "fit",
+        "--config",
+        config,
+        "--trainer.max_steps=20",
+        "--trainer.val_check_interval=10",
+        "--model.T=64",
+        *common,
+    )
     assert fit.returncode == 0, fit.stderr[-3000:]
     ckpt = tmp_path / "trs_two_rings" / "version_0" / "checkpoints" / "last.ckpt"
     assert ckpt.exists()
     assert (tmp_path / "trs_two_rings" / "version_0" / "images" / "final.png").exists()
-    test = _run(sys.executable, "-m", "eim_lightning", "test", "--config", config, "--ckpt_path", str(ckpt),
-                "--model.T=64", "--model.num_test_samples=10", *common)
+    test = _run(
+        sys.executable,
+        "-m",
+        "eim_lightning",
+        "test",
+        "--config",
+        config,
+        "--ckpt_path",
+        str(ckpt),
+        "--model.T=64",
+        "--model.num_test_samples=10",
+        *common,
+    )
     assert test.returncode == 0, test.stderr[-3000:]
     assert "test/bound" in test.stdout
 

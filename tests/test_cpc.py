@@ -71,7 +71,9 @@ def test_info_nce_is_the_snis_bound_minus_log_p_and_the_critic_paths_agree():
     off_diagonal = s.T[~torch.eye(6, dtype=torch.bool)].reshape(6, 5).T  # [K-1, B]
     expected = snis_lower_bound(torch.zeros(6, dtype=torch.float64), s.diagonal(), off_diagonal)
     torch.testing.assert_close(module.info_nce(x, c), expected, atol=1e-12, rtol=0)
-    assert float(module.mutual_information_lower_bound(x, c).detach()) == pytest.approx(float(expected.mean().detach()), abs=1e-12)
+    assert float(module.mutual_information_lower_bound(x, c).detach()) == pytest.approx(
+        float(expected.mean().detach()), abs=1e-12
+    )
     # a concatenation critic (no embed_x / embed_c) through the general path
     general = CPC(x_dim=2, c_dim=3, critic=MLP(2, [8], 1, context_dim=3)).double()
     s, _ = general.scores(x, c)
@@ -88,7 +90,9 @@ def test_optimal_critic_estimate_is_capped_by_log_k_below_the_mi_and_close_for_l
     means = {}
     for K, M in [(4, 400), (64, 60), (1024, 12)]:
         x, c = dm.sample(K * M, gen)
-        est = torch.stack([module.mutual_information_lower_bound(xb, cb) for xb, cb in zip(x.double().split(K), c.double().split(K))])
+        est = torch.stack(
+            [module.mutual_information_lower_bound(xb, cb) for xb, cb in zip(x.double().split(K), c.double().split(K))]
+        )
         assert (est <= math.log(K) + 1e-12).all()
         mean, se = float(est.mean()), float(est.std()) / math.sqrt(M)
         assert mean < min(dm.mutual_information, math.log(K)) + 3 * se, (K, mean, se)
@@ -100,8 +104,15 @@ def test_optimal_critic_estimate_is_capped_by_log_k_below_the_mi_and_close_for_l
 def test_trained_critic_comes_within_20_percent_of_the_true_mi(make_trainer):
     """300 Adam steps on batches of 256 pairs (I = 2 nats), then InfoNCE with K = 512 on fresh
     pairs: within 20 % of I, and not above it (3 SE)."""
-    dm = CorrelatedGaussianDataModule(dim=2, mutual_information=2.0, batch_size=256, steps_per_epoch=300,
-                                      val_size=512, test_size=512, eval_batch_size=512)
+    dm = CorrelatedGaussianDataModule(
+        dim=2,
+        mutual_information=2.0,
+        batch_size=256,
+        steps_per_epoch=300,
+        val_size=512,
+        test_size=512,
+        eval_batch_size=512,
+    )
     module = CPC(x_dim=2, c_dim=2, hidden_sizes=[32], embedding_dim=16, lr=3e-3)
     trainer = make_trainer(max_steps=300, limit_val_batches=0)
     trainer.fit(module, datamodule=dm)
@@ -141,7 +152,8 @@ DDP_SCRIPT = textwrap.dedent(
 
         def on_after_backward(self):
             grads = {k: p.grad.detach().clone() for k, p in self.named_parameters() if p.grad is not None}
-            torch.save({"bound": self.recorded, "grads": grads, "rank": self.global_rank}, f"{sys.argv[1]}/rank{self.global_rank}.pt")
+            record = {"bound": self.recorded, "grads": grads, "rank": self.global_rank}
+            torch.save(record, f"{sys.argv[1]}/rank{self.global_rank}.pt")
 
     class Halves(L.LightningDataModule):
         def train_dataloader(self):
@@ -170,7 +182,9 @@ def test_two_processes_gather_negatives_with_gradients_and_equal_the_single_proc
     script = tmp_path / "cpc_ddp.py"
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
 
@@ -186,5 +200,9 @@ def test_two_processes_gather_negatives_with_gradients_and_equal_the_single_proc
     assert not torch.allclose(single.info_nce(x[:8], c[:8]).detach(), ranks[0]["bound"], atol=1e-3)
     for name, p in single.named_parameters():
         for r in ranks:
-            assert name in r["grads"], f"{name} got no gradient on rank {r['rank']} (are the gathered embeddings differentiable?)"
-            torch.testing.assert_close(r["grads"][name], p.grad, atol=1e-6, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+            assert name in r["grads"], (
+                f"{name} got no gradient on rank {r['rank']} (are the gathered embeddings differentiable?)"
+            )
+            torch.testing.assert_close(
+                r["grads"][name], p.grad, atol=1e-6, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}"
+            )

@@ -56,8 +56,9 @@ def tiny_mnist():
     return tiny_images(N_TRAIN, 1), tiny_images(N_TEST, 2)
 
 
-def write_tiny(root: Path, train: np.ndarray, test: np.ndarray, sub: str = "MNIST/raw", gz: bool = False,
-               dotted: bool = False) -> Path:
+def write_tiny(
+    root: Path, train: np.ndarray, test: np.ndarray, sub: str = "MNIST/raw", gz: bool = False, dotted: bool = False
+) -> Path:
     d = root / sub if sub else root
     sep = "." if dotted else "-"
     write_idx(d / f"train-images{sep}idx3-ubyte", train, gz)
@@ -125,7 +126,7 @@ def test_static_plain_amat_in_both_locations_and_any_whitespace(data_dir, tmp_pa
     (tmp_path / "binarized_mnist" / "binarized_mnist_train.amat").write_bytes(b"".join(lines["train"]))
     (tmp_path / "binarized_mnist_valid.amat").write_bytes(b"".join(lines["valid"]))
     # other whitespace (CRLF, tabs, double spaces, no final newline) goes through the line parser
-    odd = [b"\t" + l.rstrip(b"\n").replace(b" ", b"  ") + b"\r\n" for l in lines["test"]]
+    odd = [b"\t" + line.rstrip(b"\n").replace(b" ", b"  ") + b"\r\n" for line in lines["test"]]
     (tmp_path / "binarized_mnist_test.amat").write_bytes(b"".join(odd).rstrip(b"\r\n"))
 
     dm = BinarizedMNISTDataModule("static", str(tmp_path), batch_size=32)
@@ -270,8 +271,9 @@ def test_dynamic_mnist_tiny_idx(tmp_path, tiny_mnist, sub, gz, dotted):
 
 def test_dynamic_subsets_and_unflattened(tmp_path, tiny_mnist):
     root = write_tiny(tmp_path, *tiny_mnist)
-    dm = BinarizedMNISTDataModule("dynamic", str(root), batch_size=8, val_size=N_VAL, flatten=False,
-                                  train_subset=30, val_subset=10, test_subset=5)
+    dm = BinarizedMNISTDataModule(
+        "dynamic", str(root), batch_size=8, val_size=N_VAL, flatten=False, train_subset=30, val_subset=10, test_subset=5
+    )
     dm.setup()
     assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (30, 10, 5)
     assert dm.event_shape == torch.Size([1, 28, 28]) and dm.data_mean.shape == (1, 28, 28)
@@ -393,17 +395,24 @@ def test_unknown_variant_and_bad_arguments(tmp_path):
 
 def test_missing_files_say_what_where_and_how(tmp_path):
     dm = BinarizedMNISTDataModule("static", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=r"'binarized_mnist_train.amat' \(plain or .gz\) not found; looked in: "
-                       + re.escape(f"{tmp_path}; {tmp_path / 'binarized_mnist'}") + r"\. Pass download=True.*"
-                       + re.escape(STATIC_MNIST_URL + "binarized_mnist_train.amat")):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"'binarized_mnist_train.amat' \(plain or .gz\) not found; looked in: "
+        + re.escape(f"{tmp_path}; {tmp_path / 'binarized_mnist'}")
+        + r"\. Pass download=True.*"
+        + re.escape(STATIC_MNIST_URL + "binarized_mnist_train.amat"),
+    ):
         dm.setup()
     with pytest.raises(FileNotFoundError, match=r"root directory .*nowhere does not exist"):
         BinarizedMNISTDataModule("static", str(tmp_path / "nowhere")).setup("test")
-    with pytest.raises(FileNotFoundError, match=r"MNIST train images 'train-images-idx3-ubyte'.*looked in: .*"
-                       r"MNIST/raw.*Pass download=True \(needs internet"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"MNIST train images 'train-images-idx3-ubyte'.*looked in: .*"
+        r"MNIST/raw.*Pass download=True \(needs internet",
+    ):
         BinarizedMNISTDataModule("dynamic", str(tmp_path)).setup()
     with pytest.raises(FileNotFoundError, match=r"FashionMNIST train images.*fashion-mnist.*download=True"):
-        JitteredMNISTDataModule("fashion", str(tmp_path)).data_mean
+        _ = JitteredMNISTDataModule("fashion", str(tmp_path)).data_mean  # the property loads the data
     # only the test file missing: the message names it
     write_idx(tmp_path / "train-images-idx3-ubyte", tiny_images(30, 0))
     with pytest.raises(FileNotFoundError, match=r"MNIST test images 't10k-images-idx3-ubyte'"):
@@ -463,7 +472,7 @@ def good_line() -> bytes:
 def test_corrupt_amat_lines(tmp_path, line, message):
     (tmp_path / "binarized_mnist_train.amat").write_bytes(good_line() + line)
     with pytest.raises(ValueError, match=r"binarized_mnist_train.amat: " + message):
-        BinarizedMNISTDataModule("static", str(tmp_path)).data_mean
+        _ = BinarizedMNISTDataModule("static", str(tmp_path)).data_mean  # the property loads the data
 
 
 def test_corrupt_amat_files(tmp_path):
@@ -488,8 +497,11 @@ def test_no_model_imports():
     """``datamodules`` knows no model: none of its files imports ``eim_lightning``."""
     for path in (REPO / "datamodules").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             assert not any(n.split(".")[0] == "eim_lightning" for n in names), path
 
 
@@ -501,10 +513,12 @@ def test_typed_init_builds_from_config(tmp_path, tiny_mnist):
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(BinarizedMNISTDataModule, "data")
     parser.add_class_arguments(JitteredMNISTDataModule, "jit")
-    cfg = parser.parse_object({
-        "data": {"variant": "dynamic", "root": str(root), "val_size": 20, "train_subset": 50, "flatten": False},
-        "jit": {"dataset": "mnist", "root": str(root), "val_size": 20, "test_subset": 7},
-    })
+    cfg = parser.parse_object(
+        {
+            "data": {"variant": "dynamic", "root": str(root), "val_size": 20, "train_subset": 50, "flatten": False},
+            "jit": {"dataset": "mnist", "root": str(root), "val_size": 20, "test_subset": 7},
+        }
+    )
     init = parser.instantiate(cfg)
     assert isinstance(init.data, BinarizedMNISTDataModule) and init.data.event_shape == (1, 28, 28)
     assert len(init.data.train_dataset) == 50 and len(init.jit.test_dataset) == 7
@@ -536,11 +550,19 @@ class _ShapeProbe(L.LightningModule):
 
 def test_lightning_fit_and_validate(tmp_path, tiny_mnist):
     root = write_tiny(tmp_path, *tiny_mnist)
-    dm = BinarizedMNISTDataModule("dynamic", str(root), batch_size=32, eval_batch_size=10, val_size=N_VAL,
-                                  flatten=False)
+    dm = BinarizedMNISTDataModule(
+        "dynamic", str(root), batch_size=32, eval_batch_size=10, val_size=N_VAL, flatten=False
+    )
     model = _ShapeProbe()
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, datamodule=dm)
     train_shapes = [s for s in model.seen if s[0] != 10]
     assert train_shapes == [(32, 1, 28, 28)] * 3 + [(4, 1, 28, 28)]

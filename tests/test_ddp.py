@@ -24,8 +24,14 @@ def ddp_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp") / "results.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.setdefault("EIM_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    proc = subprocess.run([sys.executable, str(JOB), str(out)], capture_output=True, text=True, env=env, timeout=1200,
-                          cwd=tmp_path_factory.getbasetemp())
+    proc = subprocess.run(
+        [sys.executable, str(JOB), str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+        cwd=tmp_path_factory.getbasetemp(),
+    )
     assert proc.returncode == 0, proc.stderr[-5000:]
     return torch.load(out, weights_only=False)
 

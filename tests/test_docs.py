@@ -32,7 +32,9 @@ def test_user_guide_extension_example_trains(make_trainer):
     x = module.density.sample(1000)
     assert x.shape == (1000, 2)
     # an exact density: the bound with many replicas is the log-density itself
-    torch.testing.assert_close(module.density.log_prob_lower_bound(x[:5], num_samples=50), module.density.log_prob(x[:5]))
+    torch.testing.assert_close(
+        module.density.log_prob_lower_bound(x[:5], num_samples=50), module.density.log_prob(x[:5])
+    )
 
 
 def test_api_reference_is_up_to_date():

@@ -10,7 +10,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from linear_gaussian_oracle import DT, ConstantNet, constant_encoder, exact_encoder, model_with_diagonal_posterior
 from scipy import stats
 from torch import nn
 
@@ -18,19 +17,29 @@ from datamodules import LinearGaussianDataModule
 from eim_lightning import EIMPosteriorVAE
 from eim_lightning import densities as D
 from eim_lightning.nn import MLP
+from linear_gaussian_oracle import DT, ConstantNet, constant_encoder, exact_encoder, model_with_diagonal_posterior
 
 # -- the building blocks ------------------------------------------------------------------------
 
 
 def test_linear_gaussian_model_matches_quadrature():
     """log p(x) = log int p(x, z) dz, and the posterior's moments, by 1-D quadrature (d_z = 1)."""
-    model = D.LinearGaussianModel(2, 1, weight=torch.tensor([[1.3], [-0.6]], dtype=DT), bias=torch.tensor([0.2, -0.1], dtype=DT),
-                                  noise_scale=torch.tensor([0.5, 0.8], dtype=DT), learnable=False)
+    model = D.LinearGaussianModel(
+        2,
+        1,
+        weight=torch.tensor([[1.3], [-0.6]], dtype=DT),
+        bias=torch.tensor([0.2, -0.1], dtype=DT),
+        noise_scale=torch.tensor([0.5, 0.8], dtype=DT),
+        learnable=False,
+    )
     x = torch.tensor([[0.9, -1.2], [-2.0, 0.4], [0.0, 0.0]], dtype=DT)
     # log_joint against scipy's densities
     z = torch.tensor([[0.3], [-1.0], [2.0]], dtype=DT)
-    expected = stats.norm.logpdf(z[:, 0]) + stats.norm.logpdf(x[:, 0], 1.3 * z[:, 0] + 0.2, 0.5) \
+    expected = (
+        stats.norm.logpdf(z[:, 0])
+        + stats.norm.logpdf(x[:, 0], 1.3 * z[:, 0] + 0.2, 0.5)
         + stats.norm.logpdf(x[:, 1], -0.6 * z[:, 0] - 0.1, 0.8)
+    )
     np.testing.assert_allclose(model.log_joint(x, z).numpy(), expected, rtol=1e-12)
     # quadrature on a fine grid (the integrands are smooth and negligible beyond |z| = 12)
     grid = torch.linspace(-12, 12, 200_001, dtype=DT)
@@ -62,7 +71,10 @@ def test_conditional_normal_density_samples_and_detached_gradient():
     assert ((flat.std(0) / torch.tensor([0.3, 2.0], dtype=DT) - 1).abs() < 5 / math.sqrt(2 * n)).all()
     # log q(z) at z = mu + sigma eps: its gradient in mu is 0 (eps is fixed), but with the parameters
     # held fixed (DReG / sticking the landing) it is the path term d log q / dz = -eps / sigma
-    for detach, check in [(False, lambda g, eps: torch.zeros_like(g)), (True, lambda g, eps: -(eps / torch.tensor([0.3, 2.0], dtype=DT)).sum((0, 1)))]:
+    for detach, check in [
+        (False, lambda g, eps: torch.zeros_like(g)),
+        (True, lambda g, eps: -(eps / torch.tensor([0.3, 2.0], dtype=DT)).sum((0, 1))),
+    ]:
         torch.manual_seed(3)
         z, log_q = q.rsample_and_log_prob(4, ctx, detach_params=detach)
         (grad,) = torch.autograd.grad(log_q.sum(), net.out)
@@ -202,9 +214,11 @@ def _hvae_expected_bound(model, x, mu0, s0, step, alphas):
     cov = m[:2, :2] @ torch.diag(torch.tensor([s0**2, 1.0], dtype=DT)) @ m[:2, :2].T
     mz, vz, mr, vr = mean[0], cov[0, 0], mean[1], cov[1, 1]
     half_log_2pi = 0.5 * math.log(2 * math.pi)
-    e_log_joint = -half_log_2pi - 0.5 * (mz**2 + vz) + (
-        -0.5 * torch.log(2 * math.pi * sig2) - ((x[0] - b - w * mz) ** 2 + w * w * vz) / (2 * sig2)
-    ).sum()
+    e_log_joint = (
+        -half_log_2pi
+        - 0.5 * (mz**2 + vz)
+        + (-0.5 * torch.log(2 * math.pi * sig2) - ((x[0] - b - w * mz) ** 2 + w * w * vz) / (2 * sig2)).sum()
+    )
     e_log_r = -half_log_2pi - 0.5 * (mr**2 + vr)
     e_log_q0 = -0.5 * math.log(2 * math.pi * s0**2) - 0.5
     e_log_rho0 = -half_log_2pi - 0.5
@@ -216,11 +230,19 @@ def test_his_posterior_is_the_hamiltonian_vae_bound_in_closed_form(T):
     """HIS in q with potential -log p(x, z) and r = N(0, I) is the HVAE bound: its Monte Carlo mean
     matches the closed-form expectation (Gaussian algebra of the affine leapfrog map) within 4 SE,
     and stays below log p(x). T = 0 is the ELBO of q0."""
-    model = D.LinearGaussianModel(2, 1, weight=torch.tensor([[1.3], [-0.6]], dtype=DT), bias=torch.tensor([0.2, -0.1], dtype=DT),
-                                  noise_scale=torch.tensor([0.5, 0.8], dtype=DT), learnable=False)
+    model = D.LinearGaussianModel(
+        2,
+        1,
+        weight=torch.tensor([[1.3], [-0.6]], dtype=DT),
+        bias=torch.tensor([0.2, -0.1], dtype=DT),
+        noise_scale=torch.tensor([0.5, 0.8], dtype=DT),
+        learnable=False,
+    )
     x = torch.tensor([[0.9, -1.2]], dtype=DT)
     mu0, s0 = 0.1, 0.9  # a deliberately poor q0
-    his = D.HIS(constant_encoder([mu0], [s0]), D.NegativeLogJoint(model), None, T=T, step_size_init=0.3, alpha_init=0.9).double()
+    his = D.HIS(
+        constant_encoder([mu0], [s0]), D.NegativeLogJoint(model), None, T=T, step_size_init=0.3, alpha_init=0.9
+    ).double()
     density = D.EIMPosteriorVAE(model, his)
     n = 40_000
     with torch.no_grad():
@@ -272,7 +294,9 @@ def test_posteriors_without_an_upper_bound_or_of_the_wrong_size_are_rejected():
     with pytest.raises(TypeError, match="must offer log_joint"):
         D.EIMPosteriorVAE(D.Normal(2), D.ConditionalNormal(MLP(3, [4], 4), 2))
     with pytest.raises(ValueError, match="unconditional"):
-        D.EIMPosteriorVAE(model, D.ConditionalNormal(MLP(3, [4], 4), 2)).log_prob_replicas(torch.zeros(2, 3), 1, context=torch.zeros(2, 1))
+        D.EIMPosteriorVAE(model, D.ConditionalNormal(MLP(3, [4], 4), 2)).log_prob_replicas(
+            torch.zeros(2, 3), 1, context=torch.zeros(2, 1)
+        )
     with pytest.raises(ValueError, match="posterior_family must be one of"):
         EIMPosteriorVAE(posterior_family="trs")
 
@@ -280,22 +304,41 @@ def test_posteriors_without_an_upper_bound_or_of_the_wrong_size_are_rejected():
 # -- the LightningModule --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family,extra", [("snis", {"num_proposals": 4}), ("his", {"T": 2}),
-                                          ("his", {"T": 1, "his_potential": "learned", "his_momentum": "learned"}),
-                                          ("sivi", {"num_proposals": 3}), ("iwhvi", {"num_proposals": 3}),
-                                          ("gaussian", {})])
+@pytest.mark.parametrize(
+    "family,extra",
+    [
+        ("snis", {"num_proposals": 4}),
+        ("his", {"T": 2}),
+        ("his", {"T": 1, "his_potential": "learned", "his_momentum": "learned"}),
+        ("sivi", {"num_proposals": 3}),
+        ("iwhvi", {"num_proposals": 3}),
+        ("gaussian", {}),
+    ],
+)
 def test_module_trains_through_the_trainer_and_logs_through_the_mixin(family, extra, make_trainer):
-    dm = LinearGaussianDataModule(data_dim=4, latent_dim=2, batch_size=32, steps_per_epoch=3, val_size=64,
-                                  test_size=64, eval_batch_size=64)
-    module = EIMPosteriorVAE(data_dim=4, latent_dim=2, posterior_family=family, hidden_sizes=[8],
-                             num_val_samples=2, num_test_samples=3, **extra)
+    dm = LinearGaussianDataModule(
+        data_dim=4, latent_dim=2, batch_size=32, steps_per_epoch=3, val_size=64, test_size=64, eval_batch_size=64
+    )
+    module = EIMPosteriorVAE(
+        data_dim=4,
+        latent_dim=2,
+        posterior_family=family,
+        hidden_sizes=[8],
+        num_val_samples=2,
+        num_test_samples=3,
+        **extra,
+    )
     before = {k: v.clone() for k, v in module.state_dict().items()}
     trainer = make_trainer(max_steps=3, log_every_n_steps=1)
     trainer.fit(module, datamodule=dm)
     for key in ("train/bound_step", "val/bound"):
         assert math.isfinite(trainer.callback_metrics[key].item()), key
     assert ("train/posterior_ess" in trainer.callback_metrics) == (family == "snis")
-    moved = {k.split(".")[1] for k, v in module.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])}
+    moved = {
+        k.split(".")[1]
+        for k, v in module.state_dict().items()
+        if v.is_floating_point() and not torch.equal(v, before[k])
+    }
     assert {"model", "posterior"} <= moved, moved  # the model and the posterior both learn
     (result,) = trainer.test(module, datamodule=dm, verbose=False)
     assert math.isfinite(result["test/bound"])

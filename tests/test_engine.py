@@ -25,8 +25,16 @@ from eim_lightning.optim import Adam
 
 
 def _trainer(tmp_path, **kwargs):
-    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0)
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+    )
     defaults.update(kwargs)
     return L.Trainer(**defaults)
 
@@ -86,12 +94,20 @@ def test_lean_adam_step_unless_skips_exactly_and_without_side_effects():
 
 
 def test_the_automatic_block_divides_every_step_interval(tmp_path):
-    trainer = _trainer(tmp_path, log_every_n_steps=50, val_check_interval=1000, check_val_every_n_epoch=None,
-                       enable_checkpointing=True, callbacks=[DensityImageCallback(every_n_steps=5000), ModelCheckpoint(every_n_train_steps=300)])
+    trainer = _trainer(
+        tmp_path,
+        log_every_n_steps=50,
+        val_check_interval=1000,
+        check_val_every_n_epoch=None,
+        enable_checkpointing=True,
+        callbacks=[DensityImageCallback(every_n_steps=5000), ModelCheckpoint(every_n_train_steps=300)],
+    )
     dm = Toy2DDataModule(steps_per_epoch=1000)
     n = choose_steps_per_block(None, trainer, dm)
     assert n == 50 and n <= MAX_STEPS_PER_BLOCK  # gcd(50, 1000, 5000, 300, 1000) = 50
-    assert choose_steps_per_block(None, _trainer(tmp_path, log_every_n_steps=7), Toy2DDataModule(steps_per_epoch=49)) == 7
+    assert (
+        choose_steps_per_block(None, _trainer(tmp_path, log_every_n_steps=7), Toy2DDataModule(steps_per_epoch=49)) == 7
+    )
     assert choose_steps_per_block(None, _trainer(tmp_path, limit_train_batches=5), dm) == 1
 
 
@@ -124,13 +140,21 @@ def _fit(tmp_path, cls, n, max_steps=37, **model_kwargs):
     L.seed_everything(0, verbose=False)
     model = cls(steps_per_block=n, **model_kwargs)
     recorder = _StepRecorder()
-    ckpt = ModelCheckpoint(dirpath=tmp_path / f"ckpt{n}", every_n_train_steps=8, save_top_k=-1,
-                           filename="{step}")
-    trainer = _trainer(tmp_path, max_steps=max_steps, log_every_n_steps=8, val_check_interval=16,
-                       check_val_every_n_epoch=None, limit_val_batches=1, enable_checkpointing=True,
-                       callbacks=[recorder, ckpt], logger=CSVLogger(tmp_path, name=f"n{n}"))
-    trainer.fit(model, datamodule=Toy2DDataModule("nine_gaussians", steps_per_epoch=32, val_size=200,
-                                                  eval_batch_size=100))
+    ckpt = ModelCheckpoint(dirpath=tmp_path / f"ckpt{n}", every_n_train_steps=8, save_top_k=-1, filename="{step}")
+    trainer = _trainer(
+        tmp_path,
+        max_steps=max_steps,
+        log_every_n_steps=8,
+        val_check_interval=16,
+        check_val_every_n_epoch=None,
+        limit_val_batches=1,
+        enable_checkpointing=True,
+        callbacks=[recorder, ckpt],
+        logger=CSVLogger(tmp_path, name=f"n{n}"),
+    )
+    trainer.fit(
+        model, datamodule=Toy2DDataModule("nine_gaussians", steps_per_epoch=32, val_size=200, eval_batch_size=100)
+    )
     return model, trainer, recorder, sorted(p.name for p in (tmp_path / f"ckpt{n}").iterdir())
 
 

@@ -54,8 +54,14 @@ def test_peak_memory_does_not_grow_with_num_samples_with_or_without_gradients():
     """2-D SNIS, K = 256, 100 points: 128 -> 4096 replicas. Keeping every chunk's graph (the
     failure this guards against) grows the peak by about 300 MiB; what may grow is the
     [4096, 100] log-weights (a few MiB) and allocator noise."""
-    out = subprocess.run([sys.executable, "-c", PEAKS], cwd=REPO, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    out = subprocess.run(
+        [sys.executable, "-c", PEAKS],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+    )
     assert out.returncode == 0, out.stderr
     peaks = json.loads(out.stdout.strip().splitlines()[-1])
     for grad, (two_chunks, many_chunks) in peaks.items():

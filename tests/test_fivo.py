@@ -166,8 +166,13 @@ def test_bootstrap_initialised_module_equals_layer1_smc_on_shared_randomness(sch
     module = FIVO.linear_gaussian(A, Q, R)
     with torch.no_grad():
         ours = module.model.filter(x, k, scheme, threshold, noise=eps, resampling_uniforms=uniforms)
-    ref = smc(lgssm_smc_step(x, A, Q, R, k, "bootstrap", noise=eps[..., 0]), t_len, resampling=scheme,
-              ess_threshold=threshold, resampling_uniforms=uniforms)
+    ref = smc(
+        lgssm_smc_step(x, A, Q, R, k, "bootstrap", noise=eps[..., 0]),
+        t_len,
+        resampling=scheme,
+        ess_threshold=threshold,
+        resampling_uniforms=uniforms,
+    )
     torch.testing.assert_close(ours.log_marginal, ref.log_marginal, rtol=1e-6, atol=1e-6)
     assert torch.equal(ours.resampled, ref.resampled) and ours.resampled.any()
 
@@ -214,10 +219,12 @@ def test_model_gradient_at_the_exact_point_averages_to_the_kalman_gradient():
     exact = torch.autograd.grad(model.log_likelihood(x).sum(), params)
     exact = torch.stack(exact)
     groups, reps = 20, 250
-    grads = torch.stack([
-        torch.stack(torch.autograd.grad(module.log_marginal_bound(x.expand(reps, 5), 4).mean(), params))
-        for _ in range(groups)
-    ])
+    grads = torch.stack(
+        [
+            torch.stack(torch.autograd.grad(module.log_marginal_bound(x.expand(reps, 5), 4).mean(), params))
+            for _ in range(groups)
+        ]
+    )
     mean, se = grads.mean(0), grads.std(0) / math.sqrt(groups)
     assert ((mean - exact).abs() < 4 * se + 1e-9).all(), (mean, se, exact)
     assert (se < 0.1 * exact.abs().max()).all() and (exact.abs() > 0.05).all(), (se, exact)
@@ -417,7 +424,9 @@ def test_bench_fivo_vs_kalman_returns_the_documented_record(tmp_path, monkeypatc
     result = fivo_vs_kalman(T=8, num_sequences=4, num_replicas=50, ks=(1, 64), schemes=("systematic", "never"))
     assert set(result) == {"settings", "kalman", "ks", "schemes", "seconds"} and result["ks"] == [1, 64]
     x = sample_lgssm(4, 8, A, Q, R, generator=torch.Generator().manual_seed(0))[1]
-    assert result["kalman"] == pytest.approx(float(kalman_log_likelihood(x, A, Q, R).mean()), abs=1e-5)  # float32 a, q, r
+    assert result["kalman"] == pytest.approx(
+        float(kalman_log_likelihood(x, A, Q, R).mean()), abs=1e-5
+    )  # float32 a, q, r
     for scheme, rows in result["schemes"].items():
         assert set(rows) == {"mean", "se", "gap", "resampling_events"}
         assert all(len(v) == 2 for v in rows.values())

@@ -15,12 +15,12 @@ import functools
 import math
 
 import numpy as np
-import oracles
 import pytest
 import torch
 from scipy import stats
 from scipy.integrate import trapezoid
 
+import oracles
 from eim_lightning.densities import HIS, Normal
 from eim_lightning.integrators import initial_scaling, leapfrog_forward, leapfrog_reverse
 from eim_lightning.nn import MLP
@@ -63,8 +63,15 @@ def reference_reverse(x, rho, grad, eps, alphas):
     return x, rho * torch.prod(alphas)
 
 
-def make_his(dim: int = 1, T: int = 5, momentum: bool = True, seed: int = 1, step: float = 0.25, alpha: float = 0.97,
-             learnable_proposal: bool = False) -> HIS:
+def make_his(
+    dim: int = 1,
+    T: int = 5,
+    momentum: bool = True,
+    seed: int = 1,
+    step: float = 0.25,
+    alpha: float = 0.97,
+    learnable_proposal: bool = False,
+) -> HIS:
     """A random tanh-MLP potential and a random momentum net whose scale stays near 1.7."""
     torch.manual_seed(seed)
     potential = MLP(dim, [16], 1)
@@ -80,7 +87,7 @@ def make_his(dim: int = 1, T: int = 5, momentum: bool = True, seed: int = 1, ste
     return HIS(proposal, potential, momentum_net, T=T, step_size_init=step, alpha_init=alpha).double()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def oracle_density(T: int = 5) -> np.ndarray:
     """Exact q_HIS on X_GRID for ``make_his(1, T)`` (rho_T integrated out on RHO_GRID)."""
     his = make_his(1, T)
@@ -325,11 +332,14 @@ def test_networks_see_mean_centred_input_so_the_model_is_translation_equivariant
     # same random draws, which holds only if the potential *and* the momentum net see x - m
     his = make_his(2)
     mean = torch.tensor([0.75, -0.5], dtype=torch.float64)
-    shifted = HIS(Normal(2, loc=mean), his.potential, his.momentum_net, T=5, step_size_init=0.25,
-                  alpha_init=0.97, data_mean=mean).double()
+    shifted = HIS(
+        Normal(2, loc=mean), his.potential, his.momentum_net, T=5, step_size_init=0.25, alpha_init=0.97, data_mean=mean
+    ).double()
     x = torch.randn(7, 2, dtype=torch.float64)
     torch.testing.assert_close(shifted.energy(x + mean), his.energy(x), rtol=1e-13, atol=1e-13)
-    torch.testing.assert_close(shifted.log_unnormalized_density(x + mean), -his.potential(x)[:, 0], rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(
+        shifted.log_unnormalized_density(x + mean), -his.potential(x)[:, 0], rtol=1e-13, atol=1e-13
+    )
     torch.manual_seed(4)
     a = shifted.log_prob_lower_bound(x + mean, 3)
     torch.manual_seed(4)
@@ -366,7 +376,11 @@ BAD_INPUTS = [
     (lambda: torch.zeros(4, dtype=torch.float64), ValueError, r"expected input of shape \[B, 2\]"),
     (lambda: torch.zeros(4, 3, dtype=torch.float64), ValueError, r"expected input of shape \[B, 2\]"),
     (lambda: torch.zeros(4, 2, dtype=torch.int64), TypeError, "floating-point"),
-    (lambda: torch.zeros(4, 2, dtype=torch.float32), TypeError, "float64 parameters but got input of dtype torch.float32"),
+    (
+        lambda: torch.zeros(4, 2, dtype=torch.float32),
+        TypeError,
+        "float64 parameters but got input of dtype torch.float32",
+    ),
     (lambda: torch.tensor([[0.0, math.nan]], dtype=torch.float64), ValueError, "non-finite"),
     (lambda: torch.tensor([[math.inf, 0.0]], dtype=torch.float64), ValueError, "non-finite"),
 ]

@@ -8,13 +8,13 @@ import math
 
 import pytest
 import torch
-from linear_gaussian_oracle import DT, constant_encoder, model_with_diagonal_posterior
 
 from datamodules import LinearGaussianDataModule
 from eim_lightning import IWAE
 from eim_lightning import densities as D
 from eim_lightning.nn import MLP
 from eim_lightning.ops import log_mean_exp
+from linear_gaussian_oracle import constant_encoder, model_with_diagonal_posterior
 
 
 def _model_and_encoder(seed=0, learnable=False):
@@ -139,10 +139,18 @@ def test_bad_options_raise():
 
 @pytest.mark.parametrize("estimator", ["standard", "dreg"])
 def test_module_trains_and_logs(estimator, make_trainer):
-    dm = LinearGaussianDataModule(data_dim=4, latent_dim=2, batch_size=32, steps_per_epoch=3, val_size=64,
-                                  test_size=64, eval_batch_size=64)
-    module = IWAE(data_dim=4, latent_dim=2, num_particles=4, gradient_estimator=estimator, hidden_sizes=[8],
-                  num_val_samples=2, num_test_samples=2)
+    dm = LinearGaussianDataModule(
+        data_dim=4, latent_dim=2, batch_size=32, steps_per_epoch=3, val_size=64, test_size=64, eval_batch_size=64
+    )
+    module = IWAE(
+        data_dim=4,
+        latent_dim=2,
+        num_particles=4,
+        gradient_estimator=estimator,
+        hidden_sizes=[8],
+        num_val_samples=2,
+        num_test_samples=2,
+    )
     trainer = make_trainer(max_steps=3, log_every_n_steps=1)
     trainer.fit(module, datamodule=dm)
     for key in ("train/bound_step", "train/ess", "val/bound"):

@@ -12,13 +12,13 @@ import logging
 import math
 
 import numpy as np
-import oracles
 import pytest
 import torch
 from scipy import special, stats
 from scipy.integrate import trapezoid
 from torch import nn
 
+import oracles
 from eim_lightning.bounds import lars_log_prob
 from eim_lightning.densities import LARS, Normal
 from eim_lightning.nn import MLP
@@ -83,7 +83,9 @@ def test_T1_gives_log_pi_for_any_z():
     lars = make_lars(1)
     log_pi = torch.distributions.Normal(0.0, 1.0).log_prob(x[:, 0])
     for z in (1e-6, 0.3, 1.0):
-        torch.testing.assert_close(lars.log_prob_given_z(x, torch.tensor(z, dtype=torch.float64))[0], log_pi, rtol=0, atol=1e-13)
+        torch.testing.assert_close(
+            lars.log_prob_given_z(x, torch.tensor(z, dtype=torch.float64))[0], log_pi, rtol=0, atol=1e-13
+        )
     lars.eval()
     lars.set_evaluation_z(0.123)
     torch.testing.assert_close(lars.log_prob_lower_bound(x, 3), log_pi, rtol=0, atol=1e-13)
@@ -131,8 +133,12 @@ def test_lars_log_prob_gradient_in_z_near_0_is_the_closed_form(T):
     log_a = -0.7
     for z in (0.0, 1e-30, 1e-12, 1e-6, 1e-3, 0.2):
         zt = torch.tensor(z, dtype=torch.float64, requires_grad=True)
-        lars_log_prob(torch.zeros(1, dtype=torch.float64), torch.tensor([log_a], dtype=torch.float64), zt, T).sum().backward()
-        expected = mp.diff(lambda v: mp.log(mp.exp(log_a) * mp.fsum((1 - v) ** t for t in range(T - 1)) + (1 - v) ** (T - 1)), z)
+        lars_log_prob(
+            torch.zeros(1, dtype=torch.float64), torch.tensor([log_a], dtype=torch.float64), zt, T
+        ).sum().backward()
+        expected = mp.diff(
+            lambda v: mp.log(mp.exp(log_a) * mp.fsum((1 - v) ** t for t in range(T - 1)) + (1 - v) ** (T - 1)), z
+        )
         assert zt.grad.item() == pytest.approx(float(expected), rel=1e-9), z
 
 
@@ -210,7 +216,7 @@ def test_moving_average_follows_its_update_rule(monkeypatch):
     net = lars.accept_logit
     z_ema = 0.5
     assert lars.z_ema.item() == z_ema
-    for step in range(3):
+    for _step in range(3):
         drawn.clear()
         z = lars.training_z()
         (xs,) = drawn
@@ -386,7 +392,11 @@ BAD_INPUTS = [
     (lambda: torch.zeros(4, dtype=torch.float64), ValueError, r"expected input of shape \[B, 1\]"),
     (lambda: torch.zeros(4, 2, dtype=torch.float64), ValueError, r"expected input of shape \[B, 1\]"),
     (lambda: torch.zeros(4, 1, dtype=torch.int64), TypeError, "floating-point"),
-    (lambda: torch.zeros(4, 1, dtype=torch.float32), TypeError, "float64 parameters but got input of dtype torch.float32"),
+    (
+        lambda: torch.zeros(4, 1, dtype=torch.float32),
+        TypeError,
+        "float64 parameters but got input of dtype torch.float32",
+    ),
     (lambda: torch.tensor([[math.nan]], dtype=torch.float64), ValueError, "non-finite"),
     (lambda: torch.tensor([[math.inf]], dtype=torch.float64), ValueError, "non-finite"),
 ]

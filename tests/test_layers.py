@@ -63,9 +63,15 @@ def test_eim_lightning_imports_point_down(path):
         if own_level < 4:
             assert not name.startswith("datamodules"), f"{own} imports {name}"
         if own_level == 1:
-            assert name.split(".")[0] in {"torch", "math", "typing", "collections", "__future__", "eim_lightning", "dataclasses"}, (
-                f"layer-1 {own} imports {name}"
-            )
+            assert name.split(".")[0] in {
+                "torch",
+                "math",
+                "typing",
+                "collections",
+                "__future__",
+                "eim_lightning",
+                "dataclasses",
+            }, f"layer-1 {own} imports {name}"
 
 
 def test_datamodules_know_no_model():

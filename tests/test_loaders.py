@@ -35,8 +35,10 @@ def test_counter_uniforms_are_a_pure_function_of_seed_epoch_and_index():
     assert len(rows) == 4  # every (epoch, index) has its own stream
     assert not torch.equal(u, counter_uniform(8, epoch, index, 16))  # and every seed
     # epoch/index pairs that sum alike still differ (keys are mixed, not added)
-    assert not torch.equal(counter_uniform(0, torch.tensor([1]), torch.tensor([0]), 8),
-                           counter_uniform(0, torch.tensor([0]), torch.tensor([1]), 8))
+    assert not torch.equal(
+        counter_uniform(0, torch.tensor([1]), torch.tensor([0]), 8),
+        counter_uniform(0, torch.tensor([0]), torch.tensor([1]), 8),
+    )
 
 
 def test_sampler_tags_indices_with_the_epoch():

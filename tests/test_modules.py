@@ -2,11 +2,11 @@
 
 import math
 
-import oracles
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+import oracles
 from datamodules import Toy2DDataModule
 from eim_lightning import CPC, HIS, LARS, SNIS, TRS, Gaussian, RankingNCE
 from eim_lightning import densities as D
@@ -37,8 +37,16 @@ def test_paper_defaults_build_in_one_line():
     for m in (snis, trs, his, lars):
         assert m.lr == 3e-4 and m.num_test_samples == 1000
         assert isinstance(m.density.proposal, D.Normal)
-    assert [l.out_features for l in snis.density.energy.net if isinstance(l, torch.nn.Linear)] == [20, 20, 1]
-    assert [l.out_features for l in his.density.momentum_net.net if isinstance(l, torch.nn.Linear)] == [20, 20, 4]
+    assert [layer.out_features for layer in snis.density.energy.net if isinstance(layer, torch.nn.Linear)] == [
+        20,
+        20,
+        1,
+    ]
+    assert [layer.out_features for layer in his.density.momentum_net.net if isinstance(layer, torch.nn.Linear)] == [
+        20,
+        20,
+        4,
+    ]
 
 
 @pytest.mark.parametrize("cls", [SNIS, TRS, HIS, LARS, Gaussian])
@@ -135,11 +143,15 @@ def test_datamodule_dimension_mismatch_is_a_clear_error(make_trainer):
 def test_bad_batches_are_clear_errors(make_trainer):
     model = _small(SNIS)
     with pytest.raises(ValueError, match="non-finite"):
-        make_trainer(max_steps=1).fit(model, DataLoader(TensorDataset(torch.tensor([[0.0, math.nan]] * 4)), batch_size=4))
+        make_trainer(max_steps=1).fit(
+            model, DataLoader(TensorDataset(torch.tensor([[0.0, math.nan]] * 4)), batch_size=4)
+        )
     with pytest.raises(ValueError, match=r"shape \[B, 2\].*got \[4, 3\]"):
         make_trainer(max_steps=1).fit(model, DataLoader(TensorDataset(torch.zeros(4, 3)), batch_size=4))
     with pytest.raises(TypeError, match="dtype torch.int64"):
-        make_trainer(max_steps=1).fit(model, DataLoader(TensorDataset(torch.zeros(4, 2, dtype=torch.long)), batch_size=4))
+        make_trainer(max_steps=1).fit(
+            model, DataLoader(TensorDataset(torch.zeros(4, 2, dtype=torch.long)), batch_size=4)
+        )
     with pytest.raises(TypeError, match="expected a batch"):
         make_trainer(max_steps=1).fit(model, DataLoader([{"x": torch.zeros(2)}] * 4, batch_size=2))
 
@@ -183,8 +195,11 @@ def test_validation_does_not_change_the_training_trajectory(make_trainer):
         L.seed_everything(0)
         model = SNIS(num_proposals=8, num_val_samples=3)
         trainer = make_trainer(
-            max_steps=25, val_check_interval=7 if validate else 1.0, check_val_every_n_epoch=None if validate else 1,
-            limit_val_batches=1 if validate else 0, num_sanity_val_steps=2,
+            max_steps=25,
+            val_check_interval=7 if validate else 1.0,
+            check_val_every_n_epoch=None if validate else 1,
+            limit_val_batches=1 if validate else 0,
+            num_sanity_val_steps=2,
         )
         trainer.fit(model, datamodule=Toy2DDataModule(steps_per_epoch=10, val_size=50, eval_batch_size=50))
         return torch.cat([p.detach().flatten() for p in model.parameters()])
@@ -239,17 +254,24 @@ def test_validate_then_fit_on_the_same_module(make_trainer):
     assert math.isfinite(trainer.callback_metrics["val/bound"].item())
 
 
-@pytest.mark.parametrize("build,dim_name", [
-    (lambda p: SNIS(data_dim=2, proposal=p), "data_dim"),
-    (lambda p: TRS(data_dim=2, proposal=p), "data_dim"),
-    (lambda p: HIS(data_dim=2, proposal=p), "data_dim"),
-    (lambda p: LARS(data_dim=2, proposal=p), "data_dim"),
-    (lambda p: RankingNCE(data_dim=2, proposal=p), "data_dim"),
-    (lambda p: CPC(x_dim=2, c_dim=1, proposal=p), "x_dim"),
-], ids=["SNIS", "TRS", "HIS", "LARS", "RankingNCE", "CPC"])
+@pytest.mark.parametrize(
+    "build,dim_name",
+    [
+        (lambda p: SNIS(data_dim=2, proposal=p), "data_dim"),
+        (lambda p: TRS(data_dim=2, proposal=p), "data_dim"),
+        (lambda p: HIS(data_dim=2, proposal=p), "data_dim"),
+        (lambda p: LARS(data_dim=2, proposal=p), "data_dim"),
+        (lambda p: RankingNCE(data_dim=2, proposal=p), "data_dim"),
+        (lambda p: CPC(x_dim=2, c_dim=1, proposal=p), "x_dim"),
+    ],
+    ids=["SNIS", "TRS", "HIS", "LARS", "RankingNCE", "CPC"],
+)
 def test_a_proposal_of_another_dimension_is_rejected_at_construction(build, dim_name):
-    with pytest.raises(ValueError, match=rf"^{dim_name} is 2 but the proposal \(Normal\) is a density over \[3\]: "
-                                         rf"set {dim_name} to the proposal's dimension, or pass a proposal over \[2\]$"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^{dim_name} is 2 but the proposal \(Normal\) is a density over \[3\]: "
+        rf"set {dim_name} to the proposal's dimension, or pass a proposal over \[2\]$",
+    ):
         build(D.Normal(3))
     assert build(D.Normal(2)).density.event_shape == (2,)
 
@@ -279,8 +301,14 @@ def test_lars_density_after_fit_is_evaluated_with_the_evaluation_z(make_trainer)
     """The issue's case through a Trainer: fit leaves the module in training mode. A LARS with
     constant acceptance a is exactly its proposal once Z = a (which every estimate gives), so the
     density's 1000-sample log-density is log N(x; 0, I); the training Z (about 0.5) is 1.6 nats off."""
-    model = LARS(data_dim=2, T=100, accept_logit=oracles.ConstantLogit(0.1, torch.float32), num_z_samples=16,
-                 num_z_eval_samples=1000, num_val_samples=2)
+    model = LARS(
+        data_dim=2,
+        T=100,
+        accept_logit=oracles.ConstantLogit(0.1, torch.float32),
+        num_z_samples=16,
+        num_z_eval_samples=1000,
+        num_val_samples=2,
+    )
     make_trainer(max_steps=3, limit_val_batches=0).fit(model, datamodule=Toy2DDataModule(steps_per_epoch=3))
     assert model.training and model.density.z_ema.item() > 0.45  # far from a = 0.1
     x = torch.randn(50, 2)

@@ -114,7 +114,11 @@ BAD_INPUTS = [
     (lambda: torch.zeros(4, dtype=torch.float64), ValueError, r"expected input of shape \[B, 2\]"),
     (lambda: torch.zeros(4, 3, dtype=torch.float64), ValueError, r"expected input of shape \[B, 2\]"),
     (lambda: torch.zeros(4, 2, dtype=torch.int64), TypeError, "floating-point"),
-    (lambda: torch.zeros(4, 2, dtype=torch.float32), TypeError, "torch.float64 parameters but got input of dtype torch.float32"),
+    (
+        lambda: torch.zeros(4, 2, dtype=torch.float32),
+        TypeError,
+        "torch.float64 parameters but got input of dtype torch.float32",
+    ),
     (lambda: torch.tensor([[0.0, math.nan]], dtype=torch.float64), ValueError, "non-finite"),
     (lambda: torch.tensor([[math.inf, 0.0]], dtype=torch.float64), ValueError, "non-finite"),
 ]
@@ -143,5 +147,7 @@ def test_log_prob_of_the_wrong_width_and_non_finite_inputs_are_clear_errors():
         d.log_prob(torch.zeros(5, 4, 1))
     assert d.log_prob(torch.zeros(5, 4, 2)).shape == (5, 4)  # any batch shape
     x = torch.tensor([[0.0, math.nan], [math.inf, 1.0], [0.0, 0.0]])
-    with pytest.raises(ValueError, match=r"^Normal got 2 non-finite \(NaN/Inf\) values in its input of shape \[3, 2\]$"):
+    with pytest.raises(
+        ValueError, match=r"^Normal got 2 non-finite \(NaN/Inf\) values in its input of shape \[3, 2\]$"
+    ):
         d.log_prob_lower_bound(x)

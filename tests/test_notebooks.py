@@ -36,5 +36,7 @@ def test_notebook_executes_with_small_settings(path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
-    errors = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", []) if o.output_type == "error"]
+    errors = [
+        o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", []) if o.output_type == "error"
+    ]
     assert not errors, errors

@@ -35,7 +35,8 @@ def test_a_nan_reaches_the_output_and_inf_gives_inf(dtype):
     torch.testing.assert_close(out[0], torch.log(torch.exp(x[:, 0].double()).sum()).to(dtype))
     assert torch.isnan(log_mean_exp(x, 0)[1]) and torch.isnan(logsumexp(x, 0, keepdim=True)[0, 1])
     # streamed: a NaN in a middle chunk survives the running log-sum-exp
-    assert torch.isnan(chunked_log_mean_exp(lambda m, it=iter(x.split(100)): next(it), 1023, 100)[1])
+    chunks = iter(x.split(100))
+    assert torch.isnan(chunked_log_mean_exp(lambda m: next(chunks), 1023, 100)[1])
     # the -inf rule is unchanged next to a NaN column: all -inf is -inf with gradient 0
     y = torch.stack([torch.full((4,), -math.inf, dtype=dtype), torch.tensor([0.0, math.nan, 1.0, 2.0], dtype=dtype)], 1)
     y.requires_grad_(True)
@@ -66,6 +67,7 @@ def test_low_precision_is_promoted_to_float32():
 def test_log1mexp_accurate_at_both_ends():
     a = torch.tensor([-1e-10, -1e-3, -0.5, -1.0, -20.0, -800.0], dtype=torch.float64)
     import mpmath as mp
+
     mp.mp.dps = 50
     expected = torch.tensor([float(mp.log(1 - mp.exp(mp.mpf(v)))) for v in a.tolist()], dtype=torch.float64)
     torch.testing.assert_close(log1mexp(a), expected, rtol=1e-12, atol=0)

@@ -42,14 +42,28 @@ def test_bf16_autocast_bound_is_float32_and_close_to_float32_bound(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["snis", pytest.param("trs", marks=pytest.mark.slow), pytest.param("his", marks=pytest.mark.slow),
-             pytest.param("lars", marks=pytest.mark.slow), pytest.param("gaussian", marks=pytest.mark.slow)]
+    "name",
+    [
+        "snis",
+        pytest.param("trs", marks=pytest.mark.slow),
+        pytest.param("his", marks=pytest.mark.slow),
+        pytest.param("lars", marks=pytest.mark.slow),
+        pytest.param("gaussian", marks=pytest.mark.slow),
+    ],
 )
 def test_bf16_mixed_precision_trains_without_nan(name, make_trainer):
     model = SMALL[name]()
-    trainer = make_trainer(max_steps=200, precision="bf16-mixed", limit_val_batches=2, val_check_interval=100,
-                           check_val_every_n_epoch=None, log_every_n_steps=10)
-    trainer.fit(model, datamodule=Toy2DDataModule("checkerboard", steps_per_epoch=200, val_size=200, eval_batch_size=100))
+    trainer = make_trainer(
+        max_steps=200,
+        precision="bf16-mixed",
+        limit_val_batches=2,
+        val_check_interval=100,
+        check_val_every_n_epoch=None,
+        log_every_n_steps=10,
+    )
+    trainer.fit(
+        model, datamodule=Toy2DDataModule("checkerboard", steps_per_epoch=200, val_size=200, eval_batch_size=100)
+    )
     assert trainer.global_step == 200
     assert math.isfinite(trainer.callback_metrics[f"val/{model.bound_name}"].item())
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -101,9 +115,12 @@ def _priors():
         "gaussian": lambda: None,
         "snis": lambda: SNISDensity(Normal(d), MLP(d, [32], 1), num_proposals=64),
         "trs": lambda: TRSDensity(Normal(d), MLP(d, [32], 1), T=64),
-        "his": lambda: HISDensity(Normal(d), MLP(d, [32], 1, output_bias=False), MLP(d, [32], 2 * d), T=3, alpha_init=0.9995),
-        "lars": lambda: LARSDensity(Normal(d), MLP(d, [32], 1), T=16, num_z_samples=128, num_z_val_samples=2000,
-                                    num_z_eval_samples=2000),
+        "his": lambda: HISDensity(
+            Normal(d), MLP(d, [32], 1, output_bias=False), MLP(d, [32], 2 * d), T=3, alpha_init=0.9995
+        ),
+        "lars": lambda: LARSDensity(
+            Normal(d), MLP(d, [32], 1), T=16, num_z_samples=128, num_z_val_samples=2000, num_z_eval_samples=2000
+        ),
     }
 
 
@@ -133,8 +150,14 @@ def test_vae_bound_under_bf16_autocast_is_float32_and_close(prior):
 
 
 @pytest.mark.parametrize(
-    "prior", ["snis", pytest.param("gaussian", marks=pytest.mark.slow), pytest.param("trs", marks=pytest.mark.slow),
-              pytest.param("his", marks=pytest.mark.slow), pytest.param("lars", marks=pytest.mark.slow)]
+    "prior",
+    [
+        "snis",
+        pytest.param("gaussian", marks=pytest.mark.slow),
+        pytest.param("trs", marks=pytest.mark.slow),
+        pytest.param("his", marks=pytest.mark.slow),
+        pytest.param("lars", marks=pytest.mark.slow),
+    ],
 )
 def test_vae_with_each_prior_trains_under_bf16_mixed_without_nan(prior, make_trainer):
     from torch.utils.data import DataLoader, TensorDataset
@@ -142,7 +165,9 @@ def test_vae_with_each_prior_trains_under_bf16_mixed_without_nan(prior, make_tra
     from eim_lightning import VAE
 
     model = VAE(data_dim=64, latent_dim=8, hidden_sizes=(64,), prior=_priors()[prior](), num_val_samples=4)
-    train = DataLoader(TensorDataset(_binary_images(2048, 1)), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    train = DataLoader(
+        TensorDataset(_binary_images(2048, 1)), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     val = DataLoader(TensorDataset(_binary_images(128, 2)), batch_size=64)
     trainer = make_trainer(max_steps=300, precision="bf16-mixed", val_check_interval=100, check_val_every_n_epoch=None)
     trainer.fit(model, train, val)

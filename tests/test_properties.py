@@ -213,7 +213,7 @@ def test_logsumexp_family_matches_the_reference(profile):
         m, rest = ref_lse_parts(xl, dim, keepdims=True)
         ref = m + rest
         size = np.abs(np.where(np.isfinite(ref), ref, 0)) + math.log(n + 1) + 1
-        squeeze = (lambda a: a) if keepdim else (lambda a: np.squeeze(a, dim))
+        squeeze = (lambda a: a) if keepdim else (lambda a, dim=dim: np.squeeze(a, dim))
 
         out = logsumexp(x, dim, keepdim)
         assert out.dtype == out_dtype(dtype) and out.shape == squeeze(ref).shape
@@ -222,9 +222,12 @@ def test_logsumexp_family_matches_the_reference(profile):
         assert torch.isfinite(shift).all()
         with np.errstate(invalid="ignore"):
             centred_ref = (xl - m) - rest  # = x - logsumexp(x), from the differences
-        assert_matches((x.to(shift.dtype) - shift) - rest_got, centred_ref,
-                       np.abs(np.where(np.isfinite(centred_ref), centred_ref, 0)) + math.log(n + 1) + 1,
-                       what="x - logsumexp(x) from the parts")
+        assert_matches(
+            (x.to(shift.dtype) - shift) - rest_got,
+            centred_ref,
+            np.abs(np.where(np.isfinite(centred_ref), centred_ref, 0)) + math.log(n + 1) + 1,
+            what="x - logsumexp(x) from the parts",
+        )
         if n == 0:
             with pytest.raises(ValueError):
                 log_mean_exp(x, dim, keepdim)
@@ -265,8 +268,14 @@ def test_log1mexp_matches_the_reference(profile):
             ref = np.where(xl > 0, np.nan, np.where(xl > -math.log(2), np.log(-np.expm1(xl)), np.log1p(-np.exp(xl))))
         out = log1mexp(x)
         assert out.dtype == out_dtype(dtype)
-        assert_matches(out, ref, np.abs(np.where(np.isfinite(ref), ref, 0)), ulps=4,
-                       atol=torch.finfo(out.dtype).tiny, what="log1mexp")
+        assert_matches(
+            out,
+            ref,
+            np.abs(np.where(np.isfinite(ref), ref, 0)),
+            ulps=4,
+            atol=torch.finfo(out.dtype).tiny,
+            what="log1mexp",
+        )
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -278,7 +287,7 @@ def test_chunked_log_mean_exp_matches_the_reference(profile):
         table = tensor(sprinkle(rng, energies(rng, (n, b)), p=0.15), dtype)
         served = []
 
-        def replicas(m, table=table, served=served):
+        def replicas(m, table=table, served=served, chunk=chunk):
             assert 1 <= m <= chunk
             start = sum(served)
             served.append(m)
@@ -361,8 +370,13 @@ def test_trs_bound_matches_enumeration(profile):
         log_pi = tensor(3 * rng.standard_normal(b), dtype)
         elbo, p_last, mean_t, ent = ref_trs(ld(log_pi), ld(log_a), ld(e), ld(logit_z), T, form)
         with np.errstate(invalid="ignore"):
-            size = (np.abs(ld(log_pi)) + np.abs(np.where(np.isfinite(ld(log_a)), ld(log_a), 0))
-                    + (T - 1) * np.abs(ld(e)) + math.log(T) + 1)
+            size = (
+                np.abs(ld(log_pi))
+                + np.abs(np.where(np.isfinite(ld(log_a)), ld(log_a), 0))
+                + (T - 1) * np.abs(ld(e))
+                + math.log(T)
+                + 1
+            )
         what = f"T={T} logit_z={float(logit_z)} form={form}"
         got_p, got_mean, got_ent = trs_posterior_stats(logit_z, log_a, T)
         assert_matches(got_p, p_last, 1, ulps=16, what=f"r(T-1|x) {what}")
@@ -394,8 +408,19 @@ def test_lars_log_prob_matches_the_reference(profile):
         b = int(rng.integers(1, 6))
         T = int(pick(rng, [1, 2, rng.integers(3, 100), 1024, 10**5]))
         tiny_exp = 300 if dtype == torch.float64 else 45
-        z = pick(rng, [0.0, 10 ** -rng.uniform(0, tiny_exp), rng.uniform(0, 1), 1.0, 1 + rng.uniform(0, 5),
-                       -rng.uniform(0, 1), np.nan], p=[0.1, 0.3, 0.3, 0.1, 0.1, 0.05, 0.05])
+        z = pick(
+            rng,
+            [
+                0.0,
+                10 ** -rng.uniform(0, tiny_exp),
+                rng.uniform(0, 1),
+                1.0,
+                1 + rng.uniform(0, 5),
+                -rng.uniform(0, 1),
+                np.nan,
+            ],
+            p=[0.1, 0.3, 0.3, 0.1, 0.1, 0.05, 0.05],
+        )
         z = tensor(z if rng.random() < 0.7 else np.full(b, z), dtype)
         log_a = -(10.0 ** rng.uniform(-9, 2.5, b))
         log_a[rng.random(b) < 0.1] = -np.inf
@@ -404,8 +429,13 @@ def test_lars_log_prob_matches_the_reference(profile):
         log_pi = tensor(3 * rng.standard_normal(b), dtype)
         ref, last = ref_lars(ld(log_pi), ld(log_a), ld(z), T)
         with np.errstate(invalid="ignore"):
-            size = (np.abs(ld(log_pi)) + np.abs(np.where(np.isfinite(ld(log_a)), ld(log_a), 0))
-                    + np.abs(np.where(np.isfinite(last), last, 0)) + math.log(T) + 1)
+            size = (
+                np.abs(ld(log_pi))
+                + np.abs(np.where(np.isfinite(ld(log_a)), ld(log_a), 0))
+                + np.abs(np.where(np.isfinite(last), last, 0))
+                + math.log(T)
+                + 1
+            )
         out = lars_log_prob(log_pi, log_a, z, T)
         assert out.dtype == out_dtype(dtype) and out.shape == (b,)
         assert_matches(out, ref, size, what=f"lars_log_prob T={T} Z={ld(z).ravel()[:1]}")
@@ -444,7 +474,9 @@ def test_normalized_weights_and_ess_match_the_reference(profile):
         normalized, ess = ref_normalized(ld(lw))
         scale = np.abs(np.where(np.isfinite(normalized), normalized, 0)) + math.log(k) + 1
         assert_matches(normalized_log_weights(lw), normalized, scale, what=f"normalized K={k}")
-        assert_matches(effective_sample_size(lw), ess, np.abs(np.nan_to_num(ess)) * (math.log(k) + 1), what=f"ESS K={k}")
+        assert_matches(
+            effective_sample_size(lw), ess, np.abs(np.nan_to_num(ess)) * (math.log(k) + 1), what=f"ESS K={k}"
+        )
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -487,7 +519,7 @@ def test_smc_with_state_free_weights_matches_the_recursion(profile):
         if 0 < threshold < 1 and np.nanmin(margin, initial=np.inf) < 1e-3 * k:
             continue  # a decision within rounding of the threshold: either is right
 
-        def step(t, state):
+        def step(t, state, la=la):
             return state, la[t]
 
         ids = torch.arange(k).unsqueeze(1).expand(k, b)
@@ -497,7 +529,9 @@ def test_smc_with_state_free_weights_matches_the_recursion(profile):
         scale = np.abs(np.where(np.isfinite(incs), incs, 0)) + math.log(k) + 1
         assert_matches(res.log_increments, incs, scale, what=f"increments {what}")
         assert_matches(res.log_marginal, log_z, scale.sum(0), what=f"log Z {what}")
-        assert_matches(res.ess, np.stack(esss), np.abs(np.nan_to_num(np.stack(esss))) * (math.log(k) + 1), what=f"ESS {what}")
+        assert_matches(
+            res.ess, np.stack(esss), np.abs(np.nan_to_num(np.stack(esss))) * (math.log(k) + 1), what=f"ESS {what}"
+        )
         assert res.resampled.tolist() == np.stack(decisions).tolist(), what
         expected_state = torch.arange(k).unsqueeze(1).expand(k, b)
         for anc in res.ancestors:
@@ -564,11 +598,13 @@ def _proposal(rng: np.random.Generator, dim: int, ctx_dim: int, conditional: boo
             return ref_normal_log_prob(x, loc, np.maximum(softplus_ld(raw), LD(1e-3)))
     else:
         loc, scale = rng.normal(0, 1, dim), np.exp(rng.uniform(-1, 1, dim))
-        proposal = RecordingNormal(dim, loc=torch.from_numpy(loc), scale=torch.from_numpy(scale),
-                                   learnable=bool(rng.random() < 0.5)).to(dtype)
+        proposal = RecordingNormal(
+            dim, loc=torch.from_numpy(loc), scale=torch.from_numpy(scale), learnable=bool(rng.random() < 0.5)
+        ).to(dtype)
 
         def ref_log_prob(x, c):
             return ref_normal_log_prob(x, ld(proposal.loc), ld(proposal.scale))
+
     proposal.drawn = []
     return proposal, ref_log_prob
 
@@ -625,14 +661,17 @@ def test_snis_density_matches_the_bound_on_its_own_draws(profile):
         b = x.shape[0]
         k = int(pick(rng, [1, 2, rng.integers(3, 20), 1024], p=[0.15, 0.2, 0.5, 0.15]))
         shared, chunk = bool(rng.random() < 0.5), int(rng.integers(1, 4))
-        snis = SNIS(proposal, net, num_proposals=k, share_proposal_samples=shared, data_mean=data_mean,
-                    eval_chunk_size=chunk).to(dtype)
+        snis = SNIS(
+            proposal, net, num_proposals=k, share_proposal_samples=shared, data_mean=data_mean, eval_chunk_size=chunk
+        ).to(dtype)
         data_mean = snis.data_mean  # as stored (the density keeps it in its own precision)
         log_pi = ref_log_pi(ld(x), None if context is None else ld(context))
         u_x = _net_ref(net, x, data_mean, context)
         what = f"SNIS K={k} shared={shared} context={context is not None}"
 
-        def negatives(sizes: list[int]) -> np.ndarray:
+        def negatives(
+            sizes: list[int], k=k, net=net, data_mean=data_mean, context=context, proposal=proposal
+        ) -> np.ndarray:
             """Energies ``[K-1, m, 1 or B]`` of the draws of calls with ``sizes`` replicas each."""
             if k == 1:
                 return np.zeros((0, sum(sizes), 1), dtype=LD)
@@ -650,9 +689,15 @@ def test_snis_density_matches_the_bound_on_its_own_draws(profile):
             num_samples = int(rng.integers(1, 7))
             proposal.drawn.clear()
             got = snis.log_prob_lower_bound(x, num_samples, context)
-            ref, size = ref_snis(log_pi, u_x, negatives([min(chunk, num_samples - i) for i in range(0, num_samples, chunk)]))
-            assert_matches(got, ref_lse(ref, 0) - np.log(LD(num_samples)), size.max(0) + math.log(num_samples),
-                           what=f"{what} log_prob_lower_bound S={num_samples}")
+            ref, size = ref_snis(
+                log_pi, u_x, negatives([min(chunk, num_samples - i) for i in range(0, num_samples, chunk)])
+            )
+            assert_matches(
+                got,
+                ref_lse(ref, 0) - np.log(LD(num_samples)),
+                size.max(0) + math.log(num_samples),
+                what=f"{what} log_prob_lower_bound S={num_samples}",
+            )
 
             proposal.drawn.clear()
             _, diag = snis.bound_and_diagnostics(x, context)
@@ -716,7 +761,9 @@ def test_every_learned_scale_is_softplus_then_floor(profile):
             normal.raw_scale.copy_(raw)
         torch.testing.assert_close(normal.scale, expected, rtol=1e-14, atol=0)
 
-        lg = LinearGaussianModel(raw.numel(), 1, min_scale=min_scale, weight=torch.zeros(raw.numel(), 1, dtype=torch.float64))
+        lg = LinearGaussianModel(
+            raw.numel(), 1, min_scale=min_scale, weight=torch.zeros(raw.numel(), 1, dtype=torch.float64)
+        )
         with torch.no_grad():
             lg.raw_noise_scale.copy_(raw)
         torch.testing.assert_close(lg.noise_scale, expected, rtol=1e-14, atol=0)

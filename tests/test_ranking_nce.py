@@ -79,7 +79,9 @@ def test_samples_come_from_snis_with_the_same_K_not_from_the_ebm():
     grid = np.linspace(-8, 8, 4001)
     log_pi, u = stats.norm.logpdf(grid), 1.5 * np.sin(2 * grid)
     pi_w = np.exp(log_pi) * np.gradient(grid)  # quadrature weights of x' ~ pi
-    ratio = (2 * np.exp(u)[:, None] / (np.exp(u)[:, None] + np.exp(u)[None, :]) * pi_w[None, :]).sum(1)  # x' on the grid
+    ratio = (2 * np.exp(u)[:, None] / (np.exp(u)[:, None] + np.exp(u)[None, :]) * pi_w[None, :]).sum(
+        1
+    )  # x' on the grid
     q_k = _cdf(log_pi + np.log(ratio), grid)
     ebm = _cdf(log_pi + u, grid)
     assert stats.kstest(samples, q_k).pvalue > 1e-3
@@ -90,7 +92,9 @@ def test_module_trains_logs_and_rebuilds_from_its_hyperparameters(make_trainer):
     module = RankingNCE(data_dim=2, num_classes=16, hidden_sizes=[8], num_val_samples=2, num_test_samples=2, lr=1e-2)
     proposal_before = [p.clone() for p in module.density.proposal.buffers()]
     trainer = make_trainer(max_steps=4, log_every_n_steps=1)
-    trainer.fit(module, datamodule=Toy2DDataModule("nine_gaussians", steps_per_epoch=4, val_size=100, eval_batch_size=100))
+    trainer.fit(
+        module, datamodule=Toy2DDataModule("nine_gaussians", steps_per_epoch=4, val_size=100, eval_batch_size=100)
+    )
     for key in ("train/bound_step", "train/nce_loss", "train/nce_accuracy", "val/bound"):
         assert math.isfinite(trainer.callback_metrics[key].item()), key
     assert all(torch.equal(a, b) for a, b in zip(proposal_before, module.density.proposal.buffers()))

@@ -18,13 +18,31 @@ ROW = "toy2d/snis_nine_gaussians"
 
 
 def _command(tmp_path, runs, steps):
-    return [sys.executable, str(REPO / "bench" / "reproduce.py"), ROW, "--steps", str(steps), "--points", "2000",
-            "--elbo-every", "10", "--checkpoint-minutes", "0.001", "--runs", str(tmp_path / runs),
-            "--docs", str(tmp_path / f"{runs}-docs"), "--", "--data.init_args.test_size=500"]
+    return [
+        sys.executable,
+        str(REPO / "bench" / "reproduce.py"),
+        ROW,
+        "--steps",
+        str(steps),
+        "--points",
+        "2000",
+        "--elbo-every",
+        "10",
+        "--checkpoint-minutes",
+        "0.001",
+        "--runs",
+        str(tmp_path / runs),
+        "--docs",
+        str(tmp_path / f"{runs}-docs"),
+        "--",
+        "--data.init_args.test_size=500",
+    ]
 
 
 def _run(command):
-    out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    out = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     return out.stdout
 
@@ -42,10 +60,13 @@ def test_a_row_is_recorded_once_with_its_fields(tmp_path):
     assert record["train_elbo"][0][0] == 0 and [s for s, _ in record["train_elbo"]] == [0, 10]
     assert record["test_points"] == 500 and record["num_test_samples"] == 1000
     assert record["single_replica_points"] == 2000 and record["single_replica_batch"] == 1000
-    assert record["metric"] == "test/bound" and -5 < record["test_value"] < 0 and -5 < record["single_replica_value"] < 0
+    assert (
+        record["metric"] == "test/bound" and -5 < record["test_value"] < 0 and -5 < record["single_replica_value"] < 0
+    )
     assert record["train_hours"] > 0 and record["test_minutes"] > 0 and record["machine"] and record["commit"]
-    assert record["command"] == (f"python bench/reproduce.py {ROW} --steps 20 --seed 0 --K 128 --points 2000 "
-                                 "-- --data.init_args.test_size=500")
+    assert record["command"] == (
+        f"python bench/reproduce.py {ROW} --steps 20 --seed 0 --K 128 --points 2000 -- --data.init_args.test_size=500"
+    )
     assert str(tmp_path) not in json.dumps(record) and "/work" not in json.dumps(record)  # no absolute paths
     assert "skipped" in _run(command)
     assert len(_records(tmp_path, "runs")) == 1

@@ -18,16 +18,24 @@ JOB = Path(__file__).parent / "jobs" / "train_job.py"
 def _job(*args, check=True):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.setdefault("EIM_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    out = subprocess.run([sys.executable, str(JOB), *map(str, args)], capture_output=True, text=True, env=env, timeout=900)
+    out = subprocess.run(
+        [sys.executable, str(JOB), *map(str, args)], capture_output=True, text=True, env=env, timeout=900
+    )
     if check:
         assert out.returncode == 0, out.stderr[-4000:]
     return out
 
 
 @pytest.mark.parametrize(
-    "model", ["snis", pytest.param("trs", marks=pytest.mark.slow), pytest.param("his", marks=pytest.mark.slow),
-              pytest.param("lars", marks=pytest.mark.slow), pytest.param("vae_snis", marks=pytest.mark.slow),
-              pytest.param("vae_snis_fashion", marks=pytest.mark.slow)]
+    "model",
+    [
+        "snis",
+        pytest.param("trs", marks=pytest.mark.slow),
+        pytest.param("his", marks=pytest.mark.slow),
+        pytest.param("lars", marks=pytest.mark.slow),
+        pytest.param("vae_snis", marks=pytest.mark.slow),
+        pytest.param("vae_snis_fashion", marks=pytest.mark.slow),
+    ],
 )
 def test_killed_and_resumed_run_equals_uninterrupted_run(model, tmp_path, data_dir):
     _job(model, 20, tmp_path / "full.pt", "--ckpt-dir", tmp_path / "full")
@@ -42,5 +50,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(model, tmp_path, data_d
     assert full["step"] == resumed["step"] == 20
     assert full["state"].keys() == resumed["state"].keys()
     for key, value in full["state"].items():
-        assert torch.equal(value, resumed["state"][key]) or (value.isnan().all() and resumed["state"][key].isnan().all()), key
+        assert torch.equal(value, resumed["state"][key]) or (
+            value.isnan().all() and resumed["state"][key].isnan().all()
+        ), key
     assert torch.equal(full["bound"], resumed["bound"])

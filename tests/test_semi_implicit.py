@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
-from linear_gaussian_oracle import DT, model_with_diagonal_posterior
 from torch import nn
 
 from eim_lightning import densities as D
 from eim_lightning.densities.normal import inverse_softplus
 from eim_lightning.nn import MLP
+from linear_gaussian_oracle import DT, model_with_diagonal_posterior
 
 S = 0.4  # the conditional's scale
 
@@ -101,4 +101,3 @@ def test_semi_implicit_posterior_elbo_stays_below_log_p(family):
         reps = density.log_prob_replicas(x, n)
     excess = (reps.mean(0) - model.log_prob(x)) / (reps.std(0) / math.sqrt(n))
     assert (excess < 3).all(), excess
-

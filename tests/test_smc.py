@@ -311,8 +311,13 @@ def test_stratified_offspring_counts_are_within_one_of_k_w():
 def test_resampling_is_nan_free_for_degenerate_weights(scheme):
     k = 5
     lw = torch.tensor(
-        [[-math.inf, 1e30, 3e4, 0.0], [-math.inf, 0.0, 3e4 + 2, -1e30], [-math.inf, -1e30, -3e4, 0.0],
-         [-math.inf, 0.0, 0.0, 0.0], [-math.inf, 0.0, 3e4, 0.0]],
+        [
+            [-math.inf, 1e30, 3e4, 0.0],
+            [-math.inf, 0.0, 3e4 + 2, -1e30],
+            [-math.inf, -1e30, -3e4, 0.0],
+            [-math.inf, 0.0, 0.0, 0.0],
+            [-math.inf, 0.0, 3e4, 0.0],
+        ],
         dtype=torch.float32,
     )
     b = lw.shape[1]
@@ -550,7 +555,10 @@ def test_pathwise_gradient_with_ancestors_held_fixed(scheme, threshold):
 
     def run(params):
         return smc(
-            learned_step(x, params, eps), t_len, resampling=scheme, ess_threshold=threshold,
+            learned_step(x, params, eps),
+            t_len,
+            resampling=scheme,
+            ess_threshold=threshold,
             resampling_uniforms=uniforms if scheme != "never" else None,
         )
 

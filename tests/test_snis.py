@@ -18,13 +18,13 @@ import functools
 import math
 
 import numpy as np
-import oracles
 import pytest
 import torch
 from scipy import stats
 from scipy.integrate import quad_vec, trapezoid
 from torch import nn
 
+import oracles
 from eim_lightning.densities import SNIS, Density, Normal
 from eim_lightning.nn import MLP
 from eim_lightning.ops import log_mean_exp
@@ -73,7 +73,7 @@ def make_snis(K: int, share: bool = True, amp: float = AMP, **kwargs) -> SNIS:
     return SNIS(Normal(1), Sin(amp), num_proposals=K, share_proposal_samples=share, **kwargs).double()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def oracle_density(K: int, amp: float = AMP, loc: float = 0.0) -> np.ndarray:
     """Exact ``q_K`` on GRID for proposal N(loc, 1) and energy amp * sin(2x)."""
     pi = stats.norm.pdf(GRID, loc=loc)
@@ -358,7 +358,11 @@ BAD_INPUTS = [
     (lambda: torch.zeros(4, dtype=torch.float64), ValueError, r"expected input of shape \[B, 1\]"),
     (lambda: torch.zeros(4, 2, dtype=torch.float64), ValueError, r"expected input of shape \[B, 1\]"),
     (lambda: torch.zeros(4, 1, dtype=torch.int64), TypeError, "floating-point"),
-    (lambda: torch.zeros(4, 1, dtype=torch.float32), TypeError, "float64 parameters but got input of dtype torch.float32"),
+    (
+        lambda: torch.zeros(4, 1, dtype=torch.float32),
+        TypeError,
+        "float64 parameters but got input of dtype torch.float32",
+    ),
     (lambda: torch.tensor([[0.0], [math.nan]], dtype=torch.float64), ValueError, "non-finite"),
     (lambda: torch.tensor([[-math.inf]], dtype=torch.float64), ValueError, "non-finite"),
 ]

@@ -17,13 +17,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import oracles
 import pytest
 import torch
 from scipy import special, stats
 from scipy.integrate import trapezoid
 from torch import nn
 
+import oracles
 from eim_lightning.bounds import trs_lower_bound, trs_posterior_stats
 from eim_lightning.densities import TRS, Normal
 from eim_lightning.nn import MLP
@@ -130,8 +130,9 @@ def test_bound_is_differentiable_in_logit_z_and_matches_finite_differences():
     log_a = t64(LOG_A[::400])
     args = (t64(LOG_PI[::400]), log_a, torch.tensor(E_LOG1M_A, dtype=torch.float64))
     assert torch.autograd.gradcheck(lambda z: trs_lower_bound(*args, z, 5), (lz,))
-    assert torch.autograd.gradcheck(lambda la: trs_lower_bound(args[0], la, args[2], lz.detach(), 5),
-                                    (log_a.clone().requires_grad_(),))
+    assert torch.autograd.gradcheck(
+        lambda la: trs_lower_bound(args[0], la, args[2], lz.detach(), 5), (log_a.clone().requires_grad_(),)
+    )
 
 
 # -- the bound is a bound ----------------------------------------------------------------------
@@ -167,8 +168,12 @@ def test_density_bound_averages_to_the_expected_bound_and_below_log_q(bound, log
         est = trs.log_prob_replicas(x, R).numpy()  # [R, G]
     mean, se = est.mean(0), est.std(0, ddof=1) / math.sqrt(R)
     expected = trs_lower_bound(
-        t64(LOG_PI[idx]), t64(LOG_A[idx]), torch.tensor(E_LOG1M_A, dtype=torch.float64),
-        torch.tensor(logit_z, dtype=torch.float64), T, bound,
+        t64(LOG_PI[idx]),
+        t64(LOG_A[idx]),
+        torch.tensor(E_LOG1M_A, dtype=torch.float64),
+        torch.tensor(logit_z, dtype=torch.float64),
+        T,
+        bound,
     ).numpy()
     assert np.all(np.abs(mean - expected) < 5 * se + 1e-12), np.abs((mean - expected) / se).max()
     assert np.all(mean < np.log(q_T(T)[idx]) + 5 * se)
@@ -288,7 +293,11 @@ BAD_INPUTS = [
     (lambda: torch.zeros(4, dtype=torch.float64), ValueError, r"expected input of shape \[B, 1\]"),
     (lambda: torch.zeros(4, 1, 1, dtype=torch.float64), ValueError, r"expected input of shape \[B, 1\]"),
     (lambda: torch.zeros(4, 1, dtype=torch.int32), TypeError, "floating-point"),
-    (lambda: torch.zeros(4, 1, dtype=torch.float32), TypeError, "float64 parameters but got input of dtype torch.float32"),
+    (
+        lambda: torch.zeros(4, 1, dtype=torch.float32),
+        TypeError,
+        "float64 parameters but got input of dtype torch.float32",
+    ),
     (lambda: torch.tensor([[math.nan]], dtype=torch.float64), ValueError, "non-finite"),
     (lambda: torch.tensor([[1.0], [math.inf]], dtype=torch.float64), ValueError, "non-finite"),
 ]

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 
-import oracles
 import pytest
 import torch
-from torch.distributions import Bernoulli, Normal as TorchNormal
+from torch.distributions import Bernoulli
+from torch.distributions import Normal as TorchNormal
 
-from eim_lightning.densities import LARS, SNIS, ConvHVAE, Normal, VAE
+import oracles
+from eim_lightning.densities import LARS, SNIS, VAE, ConvHVAE, Normal
 from eim_lightning.densities.conv_hvae import Conv2dSame
 from eim_lightning.densities.likelihoods import gumbel_straight_through_bernoulli
 from eim_lightning.nn import MLP
@@ -271,7 +272,7 @@ def test_convhvae_bound_is_the_textbook_two_layer_iwae(monkeypatch):
     monkeypatch.setattr(m, "posterior_noise", bank)
     with torch.no_grad():
         got = m.log_prob_lower_bound(x, k)
-        img = ((x - m.data_mean)).reshape(-1, 1, 28, 28)
+        img = (x - m.data_mean).reshape(-1, 1, 28, 28)
         sp = lambda r: torch.nn.functional.softplus(r).clamp_min(1e-5)  # noqa: E731
         mu2, r2 = m.q_z2_head(m.q_z2_trunk(img)).chunk(2, -1)
         z2 = mu2 + sp(r2) * bank.bank[0]

@@ -8,7 +8,8 @@ Exact densities (oracles written from the samplers' definitions, not from the co
 * SNIS prior, K = 2:  q(z) = π(z) ∫ π(z') 2 σ(U(z) - U(z')) dz'  (2-d quadrature);
 * TRS / LARS prior, T = 3:  q(z) = π(z) [a(z)(1 + (1-Z)) + (1-Z)^2],  Z = ∫ π a  (LARS with this exact Z);
 * HIS prior:  p(x) = ∫∫ π(z_0) N(ρ_0) p(x | z_T(z_0, ρ_0)) dz_0 dρ_0 through the *forward* leapfrog;
-* pixel-space SNIS, K = 3:  q(x) = π(x) Σ_{x'_1, x'_2} π(x'_1) π(x'_2) 3 e^{U(x)} / (e^{U(x)} + e^{U(x'_1)} + e^{U(x'_2)});
+* pixel-space SNIS, K = 3:
+  q(x) = π(x) Σ_{x'_1, x'_2} π(x'_1) π(x'_2) 3 e^{U(x)} / (e^{U(x)} + e^{U(x'_1)} + e^{U(x'_2)});
 * pixel-space TRS / LARS, T = 3:  q(x) = π(x)[a(x)(2 - Z) + (1-Z)^2],  Z = Σ_x π(x) a(x).
 
 Claims: the mean of R one-sample bounds is at most log p(x) (within 4 standard errors), for

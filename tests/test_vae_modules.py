@@ -36,9 +36,9 @@ def small_snis_prior(k: int = 16) -> D.SNIS:
 def test_paper_defaults():
     vae = VAE()
     assert isinstance(vae.density, D.VAE) and isinstance(vae.density.prior, D.Normal)
-    sizes = [l.out_features for l in vae.density.encoder.net if isinstance(l, torch.nn.Linear)]
+    sizes = [layer.out_features for layer in vae.density.encoder.net if isinstance(layer, torch.nn.Linear)]
     assert sizes == [300, 300, 100]
-    sizes = [l.out_features for l in vae.density.decoder.net if isinstance(l, torch.nn.Linear)]
+    sizes = [layer.out_features for layer in vae.density.decoder.net if isinstance(layer, torch.nn.Linear)]
     assert sizes == [300, 300, 784]
     assert vae.lr == 3e-4 and vae.num_test_samples == 1000 and vae.kl_warmup_steps == 0
     assert vae.density.likelihood.temperature == 0.7 and vae.bound_name == "bound"
@@ -55,8 +55,12 @@ def test_kl_warmup_is_linear_from_zero_to_one():
 
 @pytest.mark.parametrize("prior", ["gaussian", "snis"])
 def test_vae_trains_validates_and_tests_on_static_mnist(prior, data_dir, make_trainer):
-    model = VAE(prior=small_snis_prior() if prior == "snis" else None, num_val_samples=2, num_test_samples=20,
-                kl_warmup_steps=10)
+    model = VAE(
+        prior=small_snis_prior() if prior == "snis" else None,
+        num_val_samples=2,
+        num_test_samples=20,
+        kl_warmup_steps=10,
+    )
     dm = static(data_dir)
     trainer = make_trainer(max_steps=4, log_every_n_steps=1, val_check_interval=4)
     trainer.fit(model, datamodule=dm)
@@ -93,8 +97,9 @@ def test_lars_prior_z_includes_the_reweighted_posterior_sample(monkeypatch):
 
 
 def test_vae_with_lars_prior_keeps_z_state_and_logs_an_estimate(data_dir, make_trainer, tmp_path):
-    prior = D.LARS(D.Normal(50), MLP(50, [16], 1), T=10, num_z_samples=64, num_z_val_samples=500,
-                   num_z_eval_samples=2000)
+    prior = D.LARS(
+        D.Normal(50), MLP(50, [16], 1), T=10, num_z_samples=64, num_z_val_samples=500, num_z_eval_samples=2000
+    )
     model = VAE(prior=prior, num_val_samples=2, num_test_samples=5)
     trainer = make_trainer(max_steps=3, val_check_interval=3, limit_val_batches=1, log_every_n_steps=1)
     dm = static(data_dir)
@@ -116,11 +121,21 @@ def test_vae_with_lars_prior_keeps_z_state_and_logs_an_estimate(data_dir, make_t
 def test_pixel_space_eim_with_a_vae_proposal_trains_jointly(kind, data_dir, make_trainer):
     proposal = D.VAE(hidden_sizes=(32,), latent_dim=8)
     if kind == "snis":
-        model = SNIS(data_dim=784, num_proposals=16, hidden_sizes=[16], proposal=proposal, num_val_samples=2,
-                     num_test_samples=4)
+        model = SNIS(
+            data_dim=784, num_proposals=16, hidden_sizes=[16], proposal=proposal, num_val_samples=2, num_test_samples=4
+        )
     else:
-        model = LARS(data_dim=784, T=5, num_z_samples=16, num_z_val_samples=100, num_z_eval_samples=200,
-                     hidden_sizes=[16], proposal=proposal, num_val_samples=2, num_test_samples=4)
+        model = LARS(
+            data_dim=784,
+            T=5,
+            num_z_samples=16,
+            num_z_val_samples=100,
+            num_z_eval_samples=200,
+            hidden_sizes=[16],
+            proposal=proposal,
+            num_val_samples=2,
+            num_test_samples=4,
+        )
     before = {k: v.clone() for k, v in proposal.state_dict().items()}
     dm = static(data_dir)
     trainer = make_trainer(max_steps=3, val_check_interval=3, limit_val_batches=1)
@@ -161,12 +176,17 @@ def test_image_callback_writes_pngs_and_tensorboard_images(data_dir, make_traine
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     cb = ImageSampleCallback(every_n_steps=2, num_samples=16, num_reconstructions=8)
-    trainer = make_trainer(max_steps=2, callbacks=[cb], logger=TensorBoardLogger(tmp_path, name="run"),
-                           limit_val_batches=0)
-    trainer.fit(SNIS(data_dim=784, num_proposals=4, hidden_sizes=[8], proposal=D.VAE(latent_dim=4, hidden_sizes=(16,))),
-                datamodule=static(data_dir))
+    trainer = make_trainer(
+        max_steps=2, callbacks=[cb], logger=TensorBoardLogger(tmp_path, name="run"), limit_val_batches=0
+    )
+    trainer.fit(
+        SNIS(data_dim=784, num_proposals=4, hidden_sizes=[8], proposal=D.VAE(latent_dim=4, hidden_sizes=(16,))),
+        datamodule=static(data_dir),
+    )
     names = sorted(p.name for p in (tmp_path / "run" / "version_0" / "images").glob("*.png"))
-    assert names == sorted(f"{k}_{t}.png" for k in ("samples", "means", "reconstructions") for t in ("final", "step_0000002"))
+    assert names == sorted(
+        f"{k}_{t}.png" for k in ("samples", "means", "reconstructions") for t in ("final", "step_0000002")
+    )
     acc = EventAccumulator(str(tmp_path / "run" / "version_0"))
     acc.Reload()
     assert {"images/samples", "images/means", "images/reconstructions"} <= set(acc.Tags()["images"])
@@ -189,7 +209,11 @@ def test_every_table1_row_has_a_config_per_dataset():
         assert {p.stem for p in (IMAGES / dataset).glob("*.yaml")} == set(ROWS)
     for dataset in ("jittered_mnist", "jittered_fashion"):
         assert {p.stem for p in (IMAGES / dataset).glob("*.yaml")} == {
-            "vae_gaussian_decoder", "snis_vae_proposal", "his_vae_proposal", "lars_vae_proposal"}
+            "vae_gaussian_decoder",
+            "snis_vae_proposal",
+            "his_vae_proposal",
+            "lars_vae_proposal",
+        }
 
 
 def _find(node, key):
@@ -235,11 +259,21 @@ def test_eim_fit_then_test_reports_the_test_bound(data_dir, tmp_path):
     import sys
 
     config = str(IMAGES / "static_mnist" / "vae_snis_prior.yaml")
-    common = [f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false",
-              f"--data.init_args.root={data_dir}", "--data.init_args.train_subset=64", "--data.init_args.val_subset=16",
-              "--data.init_args.test_subset=16", "--data.init_args.batch_size=16"]
-    run = lambda *a: subprocess.run([sys.executable, "-m", "eim_lightning", *a], capture_output=True, text=True,  # noqa: E731
-                                    cwd=REPO, timeout=600)
+    common = [
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.enable_progress_bar=false",
+        f"--data.init_args.root={data_dir}",
+        "--data.init_args.train_subset=64",
+        "--data.init_args.val_subset=16",
+        "--data.init_args.test_subset=16",
+        "--data.init_args.batch_size=16",
+    ]
+
+    def run(*a):
+        return subprocess.run(
+            [sys.executable, "-m", "eim_lightning", *a], capture_output=True, text=True, cwd=REPO, timeout=600
+        )
+
     fit = run("fit", "--config", config, "--trainer.max_steps=4", "--trainer.val_check_interval=4", *common)
     assert fit.returncode == 0, fit.stderr[-3000:]
     ckpt = tmp_path / "static_mnist" / "vae_snis_prior" / "version_0" / "checkpoints" / "last.ckpt"

@@ -22,7 +22,10 @@ LATENT = 50
 
 
 def mlp(in_dim: int, hidden: list[int], out_dim: int = 1, scale: float | None = None) -> dict:
-    net = {"class_path": "eim_lightning.nn.MLP", "init_args": {"in_dim": in_dim, "hidden_sizes": hidden, "out_dim": out_dim}}
+    net = {
+        "class_path": "eim_lightning.nn.MLP",
+        "init_args": {"in_dim": in_dim, "hidden_sizes": hidden, "out_dim": out_dim},
+    }
     if scale is None:
         return net
     return {"class_path": "eim_lightning.densities.Rescaled", "init_args": {"net": net, "scale": scale}}
@@ -32,7 +35,9 @@ def normal(dim: int) -> dict:
     return {"class_path": "eim_lightning.densities.Normal", "init_args": {"dim": dim}}
 
 
-def eim(kind: str, dim: int, proposal: dict, pixel: bool, scale: float | None = None, eval_chunk: int | None = None) -> dict:
+def eim(
+    kind: str, dim: int, proposal: dict, pixel: bool, scale: float | None = None, eval_chunk: int | None = None
+) -> dict:
     """A layer-2 EIM density over ``[dim]`` with the authors' sizes."""
     net = mlp(dim, [100, 100], 1, scale)
     if kind == "snis":
@@ -40,13 +45,24 @@ def eim(kind: str, dim: int, proposal: dict, pixel: bool, scale: float | None = 
     elif kind == "trs":
         args = {"proposal": proposal, "accept_logit": net, "T": 1024}
     elif kind == "his":
-        args = {"proposal": proposal, "potential": net, "momentum_net": mlp(dim, [300, 300], 2 * dim, scale), "T": 5,
-                "step_size_init": 0.1, "alpha_init": 0.9995}
+        args = {
+            "proposal": proposal,
+            "potential": net,
+            "momentum_net": mlp(dim, [300, 300], 2 * dim, scale),
+            "T": 5,
+            "step_size_init": 0.1,
+            "alpha_init": 0.9995,
+        }
     elif kind == "lars":
-        args = {"proposal": proposal, "accept_logit": net, "T": 100, "num_z_samples": 1024,
-                "num_z_val_samples": 10_000 if pixel else 100_000,
-                "num_z_eval_samples": 1_000_000 if pixel else 100_000_000,
-                "z_eval_chunk_size": 4096 if pixel else 65536}
+        args = {
+            "proposal": proposal,
+            "accept_logit": net,
+            "T": 100,
+            "num_z_samples": 1024,
+            "num_z_val_samples": 10_000 if pixel else 100_000,
+            "num_z_eval_samples": 1_000_000 if pixel else 100_000_000,
+            "z_eval_chunk_size": 4096 if pixel else 65536,
+        }
     else:
         raise ValueError(kind)
     if eval_chunk is not None:
@@ -54,8 +70,14 @@ def eim(kind: str, dim: int, proposal: dict, pixel: bool, scale: float | None = 
     return {"class_path": f"eim_lightning.densities.{kind.upper()}", "init_args": args}
 
 
-def latent_model(kind: str, prior: str, likelihood: str = "bernoulli", data_scale: float = 1.0, layer2: bool = False,
-                 eval_chunk: int | None = None) -> dict:
+def latent_model(
+    kind: str,
+    prior: str,
+    likelihood: str = "bernoulli",
+    data_scale: float = 1.0,
+    layer2: bool = False,
+    eval_chunk: int | None = None,
+) -> dict:
     args: dict = {}
     if prior != "gaussian":
         args["prior"] = eim(prior, LATENT, normal(LATENT), pixel=False)
@@ -68,7 +90,13 @@ def latent_model(kind: str, prior: str, likelihood: str = "bernoulli", data_scal
 
 
 def estimator(bound: str) -> dict:
-    return {"lr": 0.0003, "lr_milestones": [1_000_000], "lr_gamma": 1 / 3, "num_val_samples": 1, "num_test_samples": 1000}
+    return {
+        "lr": 0.0003,
+        "lr_milestones": [1_000_000],
+        "lr_gamma": 1 / 3,
+        "num_val_samples": 1,
+        "num_test_samples": 1000,
+    }
 
 
 BINARY = {
@@ -92,27 +120,37 @@ def rows_binary() -> dict[str, tuple[dict, str]]:
             chunk = 4 if proposal == "vae" else 1
             density = eim(kind, 784, latent_model(proposal, "gaussian", layer2=True), pixel=True, eval_chunk=chunk)
             model = {"class_path": f"eim_lightning.{kind.upper()}", "init_args": {"density": density}}
-            rows[f"{kind}_{proposal}_proposal"] = (model, f"{kind.upper()} in pixel space with a {proposal.upper()} proposal")
+            rows[f"{kind}_{proposal}_proposal"] = (
+                model,
+                f"{kind.upper()} in pixel space with a {proposal.upper()} proposal",
+            )
     return rows
 
 
 def rows_jittered() -> dict[str, tuple[dict, str]]:
     proposal = latent_model("vae", "gaussian", "gaussian", 256.0, layer2=True)
-    rows = {"vae_gaussian_decoder": ({"class_path": "eim_lightning.VAE",
-                                      "init_args": {"likelihood": "gaussian", "data_scale": 256.0}},
-                                     "VAE with a Gaussian decoder")}
+    rows = {
+        "vae_gaussian_decoder": (
+            {"class_path": "eim_lightning.VAE", "init_args": {"likelihood": "gaussian", "data_scale": 256.0}},
+            "VAE with a Gaussian decoder",
+        )
+    }
     for kind in ("snis", "his", "lars"):
         chunk = 1 if kind == "his" else 4
         density = eim(kind, 784, proposal, pixel=True, scale=1 / 256, eval_chunk=chunk)
-        rows[f"{kind}_vae_proposal"] = ({"class_path": f"eim_lightning.{kind.upper()}", "init_args": {"density": density}},
-                                        f"{kind.upper()} on jittered pixels with a Gaussian-decoder VAE proposal")
+        rows[f"{kind}_vae_proposal"] = (
+            {"class_path": f"eim_lightning.{kind.upper()}", "init_args": {"density": density}},
+            f"{kind.upper()} on jittered pixels with a Gaussian-decoder VAE proposal",
+        )
     return rows
 
 
 def config(dataset: str, row: str, model: dict, data: dict, pixel_range: float) -> dict:
     model = {"class_path": model["class_path"], "init_args": {**model["init_args"], **estimator(row)}}
-    data = {"class_path": data["class_path"],
-            "init_args": {**data["init_args"], "root": "../shared/data", "batch_size": 128, "eval_batch_size": 250}}
+    data = {
+        "class_path": data["class_path"],
+        "init_args": {**data["init_args"], "root": "../shared/data", "batch_size": 128, "eval_batch_size": 250},
+    }
     return {
         "seed_everything": 0,
         "trainer": {
@@ -120,11 +158,15 @@ def config(dataset: str, row: str, model: dict, data: dict, pixel_range: float) 
             "val_check_interval": 10_000,
             "check_val_every_n_epoch": None,
             "log_every_n_steps": 100,
-            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                       "init_args": {"save_dir": "runs/images", "name": f"{dataset}/{row}"}},
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": "runs/images", "name": f"{dataset}/{row}"},
+            },
             "callbacks": [
-                {"class_path": "eim_lightning.callbacks.ImageSampleCallback",
-                 "init_args": {"every_n_steps": 10_000, "pixel_range": pixel_range}},
+                {
+                    "class_path": "eim_lightning.callbacks.ImageSampleCallback",
+                    "init_args": {"every_n_steps": 10_000, "pixel_range": pixel_range},
+                },
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}},
             ],
         },

@@ -176,9 +176,7 @@ class Density(nn.Module):
             return self._exact_log_prob(x, context).expand(num_replicas, x.shape[0])
         raise NotImplementedError
 
-    def log_prob_lower_bound(
-        self, x: Tensor, num_samples: int = 1, context: Tensor | None = None
-    ) -> Tensor:
+    def log_prob_lower_bound(self, x: Tensor, num_samples: int = 1, context: Tensor | None = None) -> Tensor:
         """``log (1/S) sum_s exp(l_s)`` over ``S = num_samples`` replicas: ``[B]``.
 
         A lower bound on ``log q(x)`` in expectation, tighter as ``S`` grows; streamed in
@@ -204,9 +202,7 @@ class Density(nn.Module):
         not computed, with ``diagnostics=False``: training asks for them only on logging steps)."""
         return self.log_prob_lower_bound(x, 1, context), {}
 
-    def log_prob_for_elbo(
-        self, z: Tensor, log_q: Tensor, objective: bool = False
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    def log_prob_for_elbo(self, z: Tensor, log_q: Tensor, objective: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
         """This density as the prior of a latent-variable model: ``[m, B]`` one-sample estimates
         of ``log p(z)`` at posterior samples ``z [m, B, *event]``, and diagnostics to report.
 
@@ -256,7 +252,11 @@ class Density(nn.Module):
     def register_data_mean(self, data_mean: Tensor | None) -> None:
         """The ``data_mean`` buffer (default 0) that networks' inputs are centred on; the
         Lightning modules copy a datamodule's ``data_mean`` into it."""
-        mean = torch.zeros(self._event_shape) if data_mean is None else torch.as_tensor(data_mean, dtype=torch.get_default_dtype())
+        mean = (
+            torch.zeros(self._event_shape)
+            if data_mean is None
+            else torch.as_tensor(data_mean, dtype=torch.get_default_dtype())
+        )
         self.register_buffer("data_mean", mean.expand(self._event_shape).clone())
 
     def _sample_shape(self, n: int, context: Tensor | None) -> tuple[int, ...]:

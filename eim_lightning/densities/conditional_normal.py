@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
 from .base import Density, check_positive_int, positive_scale
 
 __all__ = ["ConditionalNormal"]

@@ -136,10 +136,16 @@ class HIS(Density):
 
     def _momentum_params(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         h = x - self.data_mean
-        out = self.momentum_net(h) if context is None else self.momentum_net(h, context.expand(*x.shape[:-2], *context.shape))
+        out = (
+            self.momentum_net(h)
+            if context is None
+            else self.momentum_net(h, context.expand(*x.shape[:-2], *context.shape))
+        )
         dim = self.event_shape[0]
         if out.shape != (*x.shape[:-1], 2 * dim):
-            raise ValueError(f"momentum_net must map {list(x.shape)} to {[*x.shape[:-1], 2 * dim]}, got {list(out.shape)}")
+            raise ValueError(
+                f"momentum_net must map {list(x.shape)} to {[*x.shape[:-1], 2 * dim]}, got {list(out.shape)}"
+            )
         mean, raw = out.split(dim, dim=-1)
         return mean, positive_scale(raw, MIN_MOMENTUM_SCALE)
 

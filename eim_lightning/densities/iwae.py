@@ -85,18 +85,24 @@ class IWAE(Density):
                 f"(e.g. ConditionalNormal), got {type(proposal).__name__}"
             )
         if gradient_estimator not in GRADIENT_ESTIMATORS:
-            raise ValueError(f"gradient_estimator must be one of {list(GRADIENT_ESTIMATORS)}, got {gradient_estimator!r}")
+            raise ValueError(
+                f"gradient_estimator must be one of {list(GRADIENT_ESTIMATORS)}, got {gradient_estimator!r}"
+            )
         self.model, self.proposal = model, proposal
         self.num_particles = check_positive_int("num_particles (K)", num_particles)
         self.gradient_estimator = gradient_estimator
 
     def _draw(self, x: Tensor, num_replicas: int, detach_proposal_params: bool) -> tuple[Tensor, Tensor, Tensor]:
         k, batch = self.num_particles, x.shape[0]
-        flat, log_q = self.proposal.rsample_and_log_prob(k * num_replicas, context=x, detach_params=detach_proposal_params)
+        flat, log_q = self.proposal.rsample_and_log_prob(
+            k * num_replicas, context=x, detach_params=detach_proposal_params
+        )
         z = flat.reshape(k, num_replicas, batch, *flat.shape[2:])
         return flat, z, self.model.log_joint(x, z) - log_q.reshape(k, num_replicas, batch)
 
-    def log_weights(self, x: Tensor, num_replicas: int = 1, detach_proposal_params: bool = False) -> tuple[Tensor, Tensor]:
+    def log_weights(
+        self, x: Tensor, num_replicas: int = 1, detach_proposal_params: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """Particles ``z [K, m, B, Dz]`` and their log-weights ``log w [K, m, B]``.
 
         The particles are drawn exactly as :meth:`SNIS.rsample_particles` draws them (one

@@ -173,7 +173,9 @@ class LARS(Density):
         chunk = check_positive_int("chunk_size", chunk_size or self.z_eval_chunk_size)
         antithetic = self.antithetic if antithetic is None else antithetic
         if antithetic and not hasattr(self.proposal, "reflect"):
-            raise ValueError(f"antithetic=True needs a proposal with reflect(); {type(self.proposal).__name__} has none")
+            raise ValueError(
+                f"antithetic=True needs a proposal with reflect(); {type(self.proposal).__name__} has none"
+            )
         device = self.z_ema.device
         start = time.perf_counter()
         total = torch.zeros((), dtype=torch.float64, device=device)
@@ -190,8 +192,10 @@ class LARS(Density):
                 done += m
         self.set_evaluation_z(total / n)
         if device.type != "meta":
-            _log.info(f"LARS: evaluation Z = {self.z_eval.item():.6g} from {n} proposal samples in "
-                      f"{time.perf_counter() - start:.2f} s")
+            _log.info(
+                f"LARS: evaluation Z = {self.z_eval.item():.6g} from {n} proposal samples in "
+                f"{time.perf_counter() - start:.2f} s"
+            )
         return self.z_eval.clone()
 
     def evaluation_z(self) -> Tensor:

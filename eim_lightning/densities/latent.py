@@ -231,4 +231,3 @@ class LatentVariableModel(Density):
     def sample_means(self, n: int) -> Tensor:
         """Means of ``p(x | z)`` at ``n`` prior draws (smoother pictures than binary samples)."""
         return self.likelihood.mean(self._generate(self._prior_draw(n, False), False))
-

@@ -135,10 +135,18 @@ class LinearGaussianSSM(SequentialModel):
         x = self.check_sequences(x)
         return kalman_log_likelihood(x[..., 0], self.a.to(x.dtype), self.q.to(x.dtype), self.r.to(x.dtype))
 
-    def sample(self, num_sequences: int, num_steps: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def sample(
+        self, num_sequences: int, num_steps: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
             z, x = sample_lgssm(
-                num_sequences, num_steps, self.a, self.q, self.r, generator=generator,
-                dtype=self.a.dtype, device=self.a.device,
+                num_sequences,
+                num_steps,
+                self.a,
+                self.q,
+                self.r,
+                generator=generator,
+                dtype=self.a.dtype,
+                device=self.a.device,
             )
         return z.unsqueeze(-1), x.unsqueeze(-1)

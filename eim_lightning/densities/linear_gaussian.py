@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
 from .base import Density, check_positive_int, positive_scale
 from .normal import inverse_softplus
 
@@ -59,10 +60,16 @@ class LinearGaussianModel(Density):
         if weight is None:
             weight = nn.init.xavier_uniform_(torch.empty(data_dim, latent_dim, dtype=dtype))
         weight = torch.as_tensor(weight, dtype=dtype).clone()
-        bias = torch.zeros(data_dim, dtype=dtype) if bias is None else torch.as_tensor(bias, dtype=dtype).expand(data_dim).clone()
+        bias = (
+            torch.zeros(data_dim, dtype=dtype)
+            if bias is None
+            else torch.as_tensor(bias, dtype=dtype).expand(data_dim).clone()
+        )
         scale = torch.as_tensor(noise_scale, dtype=dtype).expand(data_dim).clone()
         if weight.shape != (data_dim, latent_dim):
-            raise ValueError(f"weight must be [data_dim, latent_dim] = {[data_dim, latent_dim]}, got {list(weight.shape)}")
+            raise ValueError(
+                f"weight must be [data_dim, latent_dim] = {[data_dim, latent_dim]}, got {list(weight.shape)}"
+            )
         if not bool((scale > min_scale).all()):
             raise ValueError(f"noise_scale must exceed min_scale={min_scale}, got {noise_scale}")
         self.learnable, self.min_scale = learnable, min_scale

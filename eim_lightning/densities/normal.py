@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
 from .base import LOG_2PI, Density, check_positive_int, positive_scale
 
 __all__ = ["Normal", "inverse_softplus"]

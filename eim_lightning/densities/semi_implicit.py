@@ -11,7 +11,8 @@ tau(psi | z, x) and energy ``U(psi) = log q(z | psi, x) + log q(psi) - log tau(p
 this U tends to the exact q(psi | z, x) as K grows), and lower-bound its log-density by L_SNIS with
 K - 1 fresh psi_k ~ tau (:func:`~eim_lightning.bounds.snis_lower_bound`)::
 
-    log q(z|x) <~ log q(z, psi_0|x) - L_SNIS(psi_0) = log (1/K) sum_{k=0}^{K-1} q(z|psi_k, x) q(psi_k) / tau(psi_k|z, x),
+    log q(z|x) <~ log q(z, psi_0|x) - L_SNIS(psi_0)
+               = log (1/K) sum_{k=0}^{K-1} q(z|psi_k, x) q(psi_k) / tau(psi_k|z, x),
 
 an upper bound in expectation, decreasing in K, so the family serves as a variational posterior
 (:meth:`SemiImplicit.rsample_and_log_prob_upper_bound`, used by

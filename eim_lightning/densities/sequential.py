@@ -46,7 +46,9 @@ def check_resampling(resampling: str, ess_threshold: float) -> None:
     if resampling not in RESAMPLING_SCHEMES:
         raise ValueError(f"resampling must be one of {list(RESAMPLING_SCHEMES)}, got {resampling!r}")
     if isinstance(ess_threshold, bool) or not isinstance(ess_threshold, (int, float)) or math.isnan(ess_threshold):
-        raise ValueError(f"ess_threshold must be a number (resample when ESS < ess_threshold * K), got {ess_threshold!r}")
+        raise ValueError(
+            f"ess_threshold must be a number (resample when ESS < ess_threshold * K), got {ess_threshold!r}"
+        )
 
 
 class SequentialModel(nn.Module):
@@ -83,7 +85,9 @@ class SequentialModel(nn.Module):
         """Propose z_{t+1} (0-based ``t``) from ``eps [K, B, latent_dim]``; return ``(state, log α [K, B])``."""
         raise NotImplementedError
 
-    def sample(self, num_sequences: int, num_steps: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def sample(
+        self, num_sequences: int, num_steps: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Exact samples ``(z [n, T, latent_dim], x [n, T, obs_dim])`` of the model, without gradient."""
         raise NotImplementedError(f"{type(self).__name__} has no sampler")
 
@@ -99,7 +103,9 @@ class SequentialModel(nn.Module):
         """``x`` as ``[B, T, obs_dim]``; clear errors for other shapes, dtypes and NaN/Inf."""
         name = type(self).__name__
         if not isinstance(x, Tensor):
-            raise TypeError(f"{name} expected sequences as a torch.Tensor [B, T, {self.obs_dim}], got {type(x).__name__}")
+            raise TypeError(
+                f"{name} expected sequences as a torch.Tensor [B, T, {self.obs_dim}], got {type(x).__name__}"
+            )
         if x.dim() == 2 and self.obs_dim == 1:
             x = x.unsqueeze(-1)
         if x.dim() != 3 or x.shape[-1] != self.obs_dim or x.shape[0] < 1 or x.shape[1] < 1:
@@ -156,7 +162,9 @@ class SequentialModel(nn.Module):
         inputs = self.prepare(x.to(dtype))
 
         def step(t: int, state: Any) -> tuple[Any, Tensor]:
-            eps = noise[t] if noise is not None else torch.randn(shape, generator=generator, dtype=dtype, device=x.device)
+            eps = (
+                noise[t] if noise is not None else torch.randn(shape, generator=generator, dtype=dtype, device=x.device)
+            )
             return self.step(t, state, inputs, eps.to(dtype))
 
         return smc(
@@ -170,7 +178,12 @@ class SequentialModel(nn.Module):
         )
 
     def log_marginal_bound(
-        self, x: Tensor, num_particles: int, resampling: Resampling = "multinomial", ess_threshold: float = 0.5, **options
+        self,
+        x: Tensor,
+        num_particles: int,
+        resampling: Resampling = "multinomial",
+        ess_threshold: float = 0.5,
+        **options,
     ) -> Tensor:
         """The SMC (FIVO) bound's integrand log Ẑ ``[B]``: E[log Ẑ] <= log p(x_{1:T}), E[Ẑ] = p(x_{1:T}).
 

@@ -99,7 +99,7 @@ class SNIS(Density):
             # one pass of the energy over the data and the shared negatives
             neg = self.negative_samples(num_replicas, x.shape[0]).reshape(-1, *self.event_shape)
             u = self.log_weight(torch.cat([x, neg.to(x.dtype)]))
-            return log_pi, u[: x.shape[0]], u[x.shape[0]:].reshape(k1, num_replicas, 1)
+            return log_pi, u[: x.shape[0]], u[x.shape[0] :].reshape(k1, num_replicas, 1)
         u_x = self.log_weight(x, context)  # [B]
         u_neg = self.log_weight(self.negative_samples(num_replicas, x.shape[0], context), context)  # [K-1, m, n]
         return log_pi, u_x, u_neg

@@ -109,7 +109,7 @@ class TRS(Density):
         if context is None:  # one pass of the network over the data and the proposal samples
             neg = self.proposal.rsample(self.T * m)
             logits = self.logit(torch.cat([x, neg.to(x.dtype)]))
-            return log_pi, logsigmoid(logits[: x.shape[0]]), logits[x.shape[0]:].reshape(self.T, m, 1)
+            return log_pi, logsigmoid(logits[: x.shape[0]]), logits[x.shape[0] :].reshape(self.T, m, 1)
         log_a_x = logsigmoid(self.logit(x, context))  # [B]
         neg = self.proposal.rsample(self.T * m, context)
         neg_logits = self.logit(neg, context).reshape(self.T, m, x.shape[0])
@@ -131,7 +131,11 @@ class TRS(Density):
             return bound, {}
         with torch.no_grad():
             zv = self.z_variational
-            diag = {"expected_trials": 1.0 / zv, "z_variational": zv, "acceptance_rate": torch.sigmoid(neg_logits).mean()}
+            diag = {
+                "expected_trials": 1.0 / zv,
+                "z_variational": zv,
+                "acceptance_rate": torch.sigmoid(neg_logits).mean(),
+            }
         return bound, diag
 
     def sample(self, n: int, context: Tensor | None = None) -> Tensor:

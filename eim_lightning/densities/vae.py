@@ -13,10 +13,10 @@ replica of the bound is
     l(x) = log p(x | z) + beta [ log p_prior(z) - log q(z | x) ],    z = mu + sigma * eps,
 
 with ``log p_prior`` the prior's one-sample lower bound; ``num_samples`` replicas combine into
-the IWAE bound ``log (1/S) sum_s exp(l_s)`` (see :mod:`.latent`; any prior plugs in through :meth:`Density.log_prob_for_elbo`).
-With a Normal prior and ``S = 1`` it is the textbook ELBO. As an EIM's proposal in pixel space
-it provides ``log_prob_replicas`` (one-sample bounds) and ``rsample`` (prior, decoder, Gumbel
-straight-through Bernoulli with temperature 0.7).
+the IWAE bound ``log (1/S) sum_s exp(l_s)`` (see :mod:`.latent`; any prior plugs in through
+:meth:`Density.log_prob_for_elbo`). With a Normal prior and ``S = 1`` it is the textbook ELBO. As an
+EIM's proposal in pixel space it provides ``log_prob_replicas`` (one-sample bounds) and ``rsample``
+(prior, decoder, Gumbel straight-through Bernoulli with temperature 0.7).
 
 Shapes: ``x [B, D]``; ``z [m, B, L]``. Reference: Kingma & Welling 2014; Burda et al. 2016;
 Bauer & Mnih 2019; Lawson et al. 2019.

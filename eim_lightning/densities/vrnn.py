@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
 from ..kalman import normal_log_prob
 from ..nn import MLP
 from .base import check_positive_int, positive_scale
@@ -121,7 +122,9 @@ class VRNN(SequentialModel):
         return self._recur(h, fx, fz), log_alpha
 
     @torch.no_grad()
-    def sample(self, num_sequences: int, num_steps: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def sample(
+        self, num_sequences: int, num_steps: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
         check_positive_int("num_sequences", num_sequences)
         check_positive_int("num_steps", num_steps)
         ref = self.rnn.weight_hh

@@ -101,7 +101,10 @@ class CPC(BoundEstimatorMixin, L.LightningModule):
         self.save_hyperparameters(ignore=["critic", "proposal"])
         critic = critic if critic is not None else SeparableCritic(x_dim, c_dim, hidden_sizes, embedding_dim)
         self.density = densities.SNIS(
-            default_proposal(x_dim, proposal, "x_dim"), critic, num_proposals=num_proposals, share_proposal_samples=False
+            default_proposal(x_dim, proposal, "x_dim"),
+            critic,
+            num_proposals=num_proposals,
+            share_proposal_samples=False,
         )
         self.gather_negatives = gather_negatives
 

@@ -108,10 +108,16 @@ class EIMPosteriorVAE(BoundEstimatorMixin, L.LightningModule):
             dz, dx = latent.latent_dim, latent.event_shape[0]
             if posterior_family in ("sivi", "iwhvi"):
                 if encoder is not None:
-                    raise ValueError("the semi-implicit families build their own networks; pass a ready posterior instead")
+                    raise ValueError(
+                        "the semi-implicit families build their own networks; pass a ready posterior instead"
+                    )
                 dpsi = mixing_dim or dz
                 conditional = ConditionalNormal(MLP(dpsi + dx, list(hidden_sizes), 2 * dz), dz)
-                reverse = ConditionalNormal(MLP(dz + dx, list(hidden_sizes), 2 * dpsi), dpsi) if posterior_family == "iwhvi" else None
+                reverse = (
+                    ConditionalNormal(MLP(dz + dx, list(hidden_sizes), 2 * dpsi), dpsi)
+                    if posterior_family == "iwhvi"
+                    else None
+                )
                 return SemiImplicit(densities.Normal(dpsi), conditional, reverse, num_reverse_samples=num_proposals)
             q0 = default_encoder(dx, dz, hidden_sizes, encoder)
             if posterior_family == "gaussian":
@@ -119,8 +125,12 @@ class EIMPosteriorVAE(BoundEstimatorMixin, L.LightningModule):
             if posterior_family == "snis":
                 energy = MLP(dz, list(hidden_sizes), 1, context_dim=dx)
                 return densities.SNIS(q0, energy, num_proposals=num_proposals, share_proposal_samples=False)
-            potential: nn.Module = NegativeLogJoint(latent) if his_potential == "model" else MLP(dz, list(hidden_sizes), 1, context_dim=dx)
-            momentum = None if his_momentum == "standard_normal" else MLP(dz, list(hidden_sizes), 2 * dz, context_dim=dx)
+            potential: nn.Module = (
+                NegativeLogJoint(latent) if his_potential == "model" else MLP(dz, list(hidden_sizes), 1, context_dim=dx)
+            )
+            momentum = (
+                None if his_momentum == "standard_normal" else MLP(dz, list(hidden_sizes), 2 * dz, context_dim=dx)
+            )
             return densities.HIS(q0, potential, momentum, T=T, step_size_init=step_size_init, alpha_init=alpha_init)
 
         def build() -> EIMPosteriorVAEDensity:

@@ -96,16 +96,22 @@ def choose_steps_per_block(requested: int | None, trainer: L.Trainer, datamodule
     if requested == 1:
         return 1
     if fractional:
-        raise ValueError(f"steps_per_block={requested} needs an integer val_check_interval (in steps), "
-                         f"got {trainer.val_check_interval}")
+        raise ValueError(
+            f"steps_per_block={requested} needs an integer val_check_interval (in steps), "
+            f"got {trainer.val_check_interval}"
+        )
     if limited:
-        raise ValueError(f"steps_per_block={requested}: Trainer(limit_train_batches={trainer.limit_train_batches}) "
-                         f"counts batches, not steps; use max_steps (or steps_per_block=1)")
+        raise ValueError(
+            f"steps_per_block={requested}: Trainer(limit_train_batches={trainer.limit_train_batches}) "
+            f"counts batches, not steps; use max_steps (or steps_per_block=1)"
+        )
     for name, value in intervals.items():
         if value % requested:
-            raise ValueError(f"steps_per_block={requested} must divide {name}={value} (Lightning counts it in "
-                             f"batches of {requested} optimiser steps); change one of them or leave "
-                             f"steps_per_block=None to choose automatically")
+            raise ValueError(
+                f"steps_per_block={requested} must divide {name}={value} (Lightning counts it in "
+                f"batches of {requested} optimiser steps); change one of them or leave "
+                f"steps_per_block=None to choose automatically"
+            )
     return requested
 
 
@@ -132,8 +138,9 @@ class StepEngineMixin:
             raise ValueError(f"compile must be None (automatic), True or False, got {compile!r}")
         self.compile = compile
         self._compiled_bound = None
-        if steps_per_block is not None and (isinstance(steps_per_block, bool) or not isinstance(steps_per_block, int)
-                                            or steps_per_block < 1):
+        if steps_per_block is not None and (
+            isinstance(steps_per_block, bool) or not isinstance(steps_per_block, int) or steps_per_block < 1
+        ):
             raise ValueError(f"steps_per_block must be None (automatic) or an integer >= 1, got {steps_per_block!r}")
         self.steps_per_block = steps_per_block
         self._block_size = 1
@@ -152,8 +159,12 @@ class StepEngineMixin:
             return False
         clip = trainer.gradient_clip_val
         scaler = getattr(trainer.precision_plugin, "scaler", None)
-        return bool((clip is not None and clip > 0) or trainer.accumulate_grad_batches != 1
-                    or trainer.world_size > 1 or scaler is not None)
+        return bool(
+            (clip is not None and clip > 0)
+            or trainer.accumulate_grad_batches != 1
+            or trainer.world_size > 1
+            or scaler is not None
+        )
 
     @automatic_optimization.setter
     def automatic_optimization(self, value: bool) -> None:
@@ -170,9 +181,11 @@ class StepEngineMixin:
             return
         if self.automatic_optimization:
             if self.steps_per_block not in (None, 1):
-                raise ValueError(f"steps_per_block={self.steps_per_block} needs manual optimisation, which this "
-                                 f"trainer's settings rule out (gradient clipping, accumulation, several "
-                                 f"processes or a gradient scaler); use steps_per_block=1")
+                raise ValueError(
+                    f"steps_per_block={self.steps_per_block} needs manual optimisation, which this "
+                    f"trainer's settings rule out (gradient clipping, accumulation, several "
+                    f"processes or a gradient scaler); use steps_per_block=1"
+                )
             self._block_size = 1
         else:
             self._block_size = choose_steps_per_block(self.steps_per_block, trainer, dm)
@@ -220,8 +233,10 @@ class StepEngineMixin:
         try:
             return self._compiled_bound(batch)
         except Exception as err:  # noqa: BLE001 - any compiler failure: fall back to eager, loudly
-            rank_zero_warn(f"{type(self).__name__}: torch.compile of the training step failed "
-                           f"({type(err).__name__}: {str(err)[:300]}); training continues eagerly")
+            rank_zero_warn(
+                f"{type(self).__name__}: torch.compile of the training step failed "
+                f"({type(err).__name__}: {str(err)[:300]}); training continues eagerly"
+            )
             self._compiled_bound = None
             return None
 

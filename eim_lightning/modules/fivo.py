@@ -85,7 +85,7 @@ class FIVO(BoundEstimatorMixin, L.LightningModule):
     @classmethod
     def linear_gaussian(
         cls, a: float, q: float, r: float, learn_proposal: bool = True, learn_model: bool = False, **kwargs
-    ) -> "FIVO":
+    ) -> FIVO:
         """FIVO for z_1 ~ N(0, q), z_t = a z_{t-1} + N(0, q), x_t = z_t + N(0, r) (variances).
 
         The model's a, q, r are fixed at the given values unless ``learn_model``; the proposal

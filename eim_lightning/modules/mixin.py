@@ -62,7 +62,8 @@ def default_proposal(data_dim: int, proposal: Density | None, dim_name: str = "d
     if proposal is not None and tuple(proposal.event_shape) != (data_dim,):
         raise ValueError(
             f"{dim_name} is {data_dim} but the proposal ({type(proposal).__name__}) is a density over "
-            f"{list(proposal.event_shape)}: set {dim_name} to the proposal's dimension, or pass a proposal over [{data_dim}]"
+            f"{list(proposal.event_shape)}: set {dim_name} to the proposal's dimension, "
+            f"or pass a proposal over [{data_dim}]"
         )
     return proposal if proposal is not None else Normal(data_dim)
 
@@ -128,7 +129,9 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
         self.num_val_samples = check_positive_int("num_val_samples", num_val_samples)
         self.num_test_samples = check_positive_int("num_test_samples", num_test_samples)
         self.validate_inputs = validate_inputs
-        self.check_finite_every_n_steps = check_positive_int("check_finite_every_n_steps", check_finite_every_n_steps, 0)
+        self.check_finite_every_n_steps = check_positive_int(
+            "check_finite_every_n_steps", check_finite_every_n_steps, 0
+        )
         self._diagnostics_wanted = True
         self.train_metric = MeanMetric(nan_strategy="disable")
         self.val_metric = MeanMetric(nan_strategy="disable")

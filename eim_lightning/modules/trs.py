@@ -52,6 +52,9 @@ class TRS(BoundEstimatorMixin, L.LightningModule):
             density,
             {"proposal": proposal, "accept_logit": accept_logit},
             lambda: densities.TRS(
-                default_proposal(data_dim, proposal), default_mlp(data_dim, hidden_sizes, accept_logit), T=T, bound=bound
+                default_proposal(data_dim, proposal),
+                default_mlp(data_dim, hidden_sizes, accept_logit),
+                T=T,
+                bound=bound,
             ),
         )

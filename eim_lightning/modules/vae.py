@@ -76,8 +76,12 @@ class VAE(BoundEstimatorMixin, L.LightningModule):
         self.save_hyperparameters(ignore=["prior", "density"])
         kl_weight(0, kl_warmup_steps)
         self.kl_warmup_steps = kl_warmup_steps
-        options = dict(likelihood=likelihood, data_scale=data_scale, gumbel_temperature=gumbel_temperature,
-                       eval_chunk_size=eval_chunk_size)
+        options = dict(
+            likelihood=likelihood,
+            data_scale=data_scale,
+            gumbel_temperature=gumbel_temperature,
+            eval_chunk_size=eval_chunk_size,
+        )
         self.density = resolve_density(
             density, {"prior": prior}, lambda: self._build_density(data_dim, latent_dim, hidden_sizes, prior, **options)
         )

@@ -48,8 +48,15 @@ def main() -> None:
         model = make()
         history = ZHistory()
         trainer = L.Trainer(
-            accelerator="cpu", strategy="ddp", devices=2, max_steps=6, limit_val_batches=0, logger=False,
-            enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+            accelerator="cpu",
+            strategy="ddp",
+            devices=2,
+            max_steps=6,
+            limit_val_batches=0,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
             callbacks=[history] if name == "lars" else [],
         )
         dm = Toy2DDataModule("two_rings", batch_size=32, steps_per_epoch=6, test_size=1001, eval_batch_size=100)
@@ -119,19 +126,36 @@ def train_configs() -> dict | None:
         cfg["trainer"].pop("callbacks", None)
         cfg["trainer"].pop("logger", None)
         _small(cfg)
-        args = ["--config", yaml.safe_dump(cfg), "--trainer.max_steps=3", "--trainer.limit_val_batches=0",
-                "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.logger=false",
-                "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
-                "--trainer.enable_model_summary=false"]
+        args = [
+            "--config",
+            yaml.safe_dump(cfg),
+            "--trainer.max_steps=3",
+            "--trainer.limit_val_batches=0",
+            "--trainer.strategy=ddp",
+            "--trainer.devices=2",
+            "--trainer.accelerator=cpu",
+            "--trainer.logger=false",
+            "--trainer.enable_checkpointing=false",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+        ]
         if name.startswith("images/"):
-            args += [f"--data.init_args.root={root}", "--data.init_args.train_subset=128", "--data.init_args.batch_size=32"]
+            args += [
+                f"--data.init_args.root={root}",
+                "--data.init_args.train_subset=128",
+                "--data.init_args.batch_size=32",
+            ]
         cli = EIMCLI(args=args, run=False)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         checksum = torch.cat([p.detach().flatten() for p in cli.model.parameters()]).double().sum()
         z = [float(m.z_ema) for m in cli.model.modules() if hasattr(m, "z_ema")]
         gathered = cli.trainer.strategy.all_gather(torch.tensor([float(checksum), *z], dtype=torch.float64))
         rank = cli.trainer.global_rank
-        out[name] = {"per_rank": gathered.tolist(), "steps": cli.trainer.global_step, "world_size": cli.trainer.world_size}
+        out[name] = {
+            "per_rank": gathered.tolist(),
+            "steps": cli.trainer.global_step,
+            "world_size": cli.trainer.world_size,
+        }
     return out if rank == 0 else None
 
 

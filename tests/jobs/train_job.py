@@ -18,8 +18,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from datamodules import BinarizedMNISTDataModule, Toy2DDataModule
 from eim_lightning import HIS, LARS, SNIS, TRS, VAE
-from eim_lightning.densities import Normal
 from eim_lightning.densities import SNIS as SNISDensity
+from eim_lightning.densities import Normal
 from eim_lightning.nn import MLP
 
 MODELS = {
@@ -29,8 +29,12 @@ MODELS = {
     "lars": lambda: LARS(T=32, num_z_samples=64, num_z_val_samples=500, num_val_samples=4),
     # a VAE with an SNIS prior (small), on a 96-image slice of static MNIST: 6 shuffled batches an
     # epoch, so the checkpoint at step 10 is in the middle of the second epoch
-    "vae_snis": lambda: VAE(hidden_sizes=(32,), latent_dim=4, num_val_samples=2,
-                            prior=SNISDensity(Normal(4), MLP(4, [16], 1), num_proposals=16)),
+    "vae_snis": lambda: VAE(
+        hidden_sizes=(32,),
+        latent_dim=4,
+        num_val_samples=2,
+        prior=SNISDensity(Normal(4), MLP(4, [16], 1), num_proposals=16),
+    ),
 }
 # the same VAE on dynamically binarized Fashion-MNIST read by two DataLoader workers: fresh bits
 # every epoch, keyed by (seed, epoch, image), so the resumed run, whose new workers start new
@@ -40,10 +44,19 @@ MODELS["vae_snis_fashion"] = MODELS["vae_snis"]
 
 def datamodule(model: str):
     if model.startswith("vae"):
-        root = os.environ.get("EIM_DATA_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data"))
+        root = os.environ.get(
+            "EIM_DATA_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
+        )
         fashion = model.endswith("fashion")
-        return BinarizedMNISTDataModule("fashion" if fashion else "static", root, batch_size=16, train_subset=96,
-                                        val_subset=32, test_subset=32, num_workers=2 if fashion else 0)
+        return BinarizedMNISTDataModule(
+            "fashion" if fashion else "static",
+            root,
+            batch_size=16,
+            train_subset=96,
+            val_subset=32,
+            test_subset=32,
+            num_workers=2 if fashion else 0,
+        )
     return Toy2DDataModule("two_rings", batch_size=64, steps_per_epoch=7, val_size=100, eval_batch_size=100)
 
 
@@ -72,9 +85,16 @@ def main() -> None:
     if a.kill_at:
         callbacks.insert(0, KillAt(a.kill_at))
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=a.max_steps, val_check_interval=4, check_val_every_n_epoch=None,
-        limit_val_batches=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=callbacks, default_root_dir=a.ckpt_dir,
+        accelerator="cpu",
+        max_steps=a.max_steps,
+        val_check_interval=4,
+        check_val_every_n_epoch=None,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        default_root_dir=a.ckpt_dir,
     )
     dm = datamodule(a.model)
     trainer.fit(model, datamodule=dm, ckpt_path=a.resume)
