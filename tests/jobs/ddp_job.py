@@ -6,9 +6,10 @@ Trains every 2-D module under ``Trainer(strategy="ddp", accelerator="cpu", devic
 (gloo) for a few steps, records LARS's moving-average Z on every process after every step,
 tests each module, draws from every process's random stream, and on rank 0 writes to ``OUT``
 the test values, the per-rank Z histories and draws and per-rank parameter checksums, plus
-single-process evaluations of the same weights on the same test set for comparison. Then every other kind of module (VAE with a LARS prior, ConvHVAE,
-SNIS with a VAE proposal, IWAE, an EIM-posterior VAE, FIVO, ranking NCE) is built from its
-config and trained a few steps the same way, with per-rank checksums and LARS Z values.
+single-process evaluations of the same weights on the same test set for comparison. Then every
+other kind of module (VAE with a LARS prior, ConvHVAE, SNIS with a VAE proposal, IWAE, an
+EIM-posterior VAE, FIVO, ranking NCE) is built from its config and trained a few steps the same
+way, with per-rank checksums and LARS Z values.
 """
 
 import os
