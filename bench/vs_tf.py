@@ -189,47 +189,59 @@ def process_table(windows: int, steps: int, with_tf: bool) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--windows", type=int, default=3)
-    parser.add_argument("--step-steps", type=int, default=3000, help="timed steps per window (per-step table)")
+    parser.add_argument(
+        "--step-steps",
+        type=int,
+        default=5000,
+        help="timed steps per window (per-step table); runs of >= 5000 steps get the defaults of long runs",
+    )
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--steps", type=int, default=20_000, help="steps of the whole-process runs")
     parser.add_argument("--part", choices=("step", "process", "both"), default="both")
-    parser.add_argument("--output", default=None, help="write the Markdown here")
+    parser.add_argument("--output", default=None, help="write (or update) the Markdown here")
     opts = parser.parse_args(argv)
-    from machine import describe
-
     with_tf = tf_installed()
-    began = time.time()
-    text = ["# Speed beside the authors' TF1 code", ""]
-    if not with_tf:
-        text += [
-            f"**The TF reference is not installed** (looked for `{TF_PYTHON}`): these tables hold our numbers "
-            "alone. Install it with `bash ../shared/tfref/install.sh` (a TF 2.15 CPU venv in "
-            "`~/.cache/eimref`, a few minutes) and rerun `make bench`.",
+    command = f"`python bench/vs_tf.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
+    missing = (
+        []
+        if with_tf
+        else [
+            f"**The TF reference is not installed** (looked for `{TF_PYTHON}`): this table holds our numbers "
+            "alone. Install it with `bash ../shared/tfref/install.sh` (a TF 2.15 CPU venv in `~/.cache/eimref`, a "
+            "few minutes) and rerun `make bench`.",
             "",
         ]
+    )
+    sections = {}
     if opts.part in ("step", "both"):
         print("per-step table", flush=True)
+        began = time.time()
         rows = per_step_table(opts.windows, opts.step_steps, opts.warmup, with_tf)
-        text += [
-            "## Per optimiser step, 2-D (batch 128, checkerboard)",
+        sections[STEP] = [
+            f"{STEP}, 2-D (batch 128, checkerboard)",
             "",
-            f"Ours: `Trainer.fit` at the module's defaults (logger, checkpoints, progress bar off; {opts.step_steps} "
-            f"timed steps after {opts.warmup}); TF script: the authors' whole `eim.small_problems` loop, ms per step "
-            "from its own log timestamps; TF bare: `sess.run(train_op)` alone (`bench_tf_step.py`). "
-            "Ratio = TF / ours (above 1: ours is faster).",
+            *missing,
+            f"Ours: `Trainer.fit` at the module's defaults for a run of {opts.warmup + opts.step_steps} steps "
+            f"(logger, checkpoints, progress bar off; {opts.step_steps} timed steps after {opts.warmup}); TF script: "
+            "the authors' whole `eim.small_problems` loop, ms per step from its own log timestamps; TF bare: "
+            "`sess.run(train_op)` alone (`bench_tf_step.py`). Ratio = TF / ours (above 1: ours is faster).",
             "",
-            "| model | size | ours (ms/step) | TF script (ms/step) | TF bare (ms/step) "
-            "| ratio to TF script | ratio to TF bare |",
+            "| model | size | ours (ms/step) | TF script (ms/step) | TF bare (ms/step) | ratio to TF script "
+            "| ratio to TF bare |",
             "|---|---|---|---|---|---|---|",
             *rows,
+            "",
+            footer(opts.windows, began, command),
             "",
         ]
     if opts.part in ("process", "both"):
         print("whole-process table", flush=True)
+        began = time.time()
         rows = process_table(opts.windows, opts.steps, with_tf)
-        text += [
-            f"## Whole process, {opts.steps:,} steps on nine_gaussians",
+        sections[PROCESS] = [
+            f"{PROCESS}, {opts.steps:,} steps on nine_gaussians",
             "",
+            *missing,
             "Ours: `eim fit --config configs/toy2d/<algo>_nine_gaussians.yaml --trainer.max_steps "
             f"{opts.steps}` as shipped (TensorBoard logger, checkpoints, image callback, progress bar, validation "
             "every 1000 steps), start-up included; TF: `python -m eim.small_problems --algo=... --K=1024 "
@@ -239,18 +251,40 @@ def main(argv: list[str] | None = None) -> None:
             "|---|---|---|---|---|",
             *rows,
             "",
+            footer(opts.windows, began, command),
+            "",
         ]
-    text += [
-        f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {describe()}; both sides at their default thread "
-        f"counts (torch: {os.cpu_count()} intra-op threads; TF: its defaults). Ours and TF alternate in "
-        f"{opts.windows} windows, each cell the median; the whole run took {(time.time() - began) / 60:.1f} "
-        f"minutes. Command: `python bench/vs_tf.py {' '.join(argv if argv is not None else sys.argv[1:])}`. "
-        "These shared machines drift up to 2x between runs: compare the ratios, not the times across runs.",
-        "",
-    ]
-    print("\n".join(text))
+    for lines in sections.values():
+        print("\n".join(lines))
     if opts.output:
-        Path(opts.output).write_text("\n".join(text))
+        write_sections(Path(opts.output), sections)
+
+
+STEP, PROCESS = "## Per optimiser step", "## Whole process"
+
+
+def footer(windows: int, began: float, command: str) -> str:
+    from machine import describe
+
+    return (
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {describe()}; both sides at their default thread counts "
+        f"(torch: {os.cpu_count()} intra-op threads; TF: its defaults). Ours and TF alternate in {windows} windows, "
+        f"each cell the median; this table took {(time.time() - began) / 60:.1f} minutes. Command: {command}. These "
+        "shared machines drift up to 2x between runs: compare the ratios, not the times across runs."
+    )
+
+
+def write_sections(path: Path, sections: dict[str, list[str]]) -> None:
+    """Write the tables measured now into ``path``, keeping the other table of an earlier run."""
+    parts = dict.fromkeys((STEP, PROCESS), "")
+    old = path.read_text() if path.exists() else ""
+    for chunk in old.split("\n## ")[1:]:
+        for key in parts:
+            if ("## " + chunk).startswith(key):
+                parts[key] = "## " + chunk.rstrip() + "\n"
+    for key, lines in sections.items():
+        parts[key] = "\n".join(lines)
+    path.write_text("# Speed beside the authors' TF1 code\n\n" + "\n".join(p for p in parts.values() if p))
 
 
 if __name__ == "__main__":
