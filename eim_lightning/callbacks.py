@@ -94,6 +94,7 @@ class DensityImageCallback(L.Callback):
         return Path(trainer.log_dir or trainer.default_root_dir) / "images"
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_render = None
         rank_zero_info(f"DensityImageCallback: density and sample images go to {self._directory(trainer)}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -134,7 +135,12 @@ class DensityImageCallback(L.Callback):
         if not trainer.is_global_zero:
             return
         target = getattr(trainer.datamodule, "target", None) if trainer.datamodule is not None else None
-        image = self.strip(pl_module, target)
+        last = getattr(self, "_last_render", None)
+        if last is not None and last[0] == trainer.global_step:
+            image = last[1]  # the weights have not changed since (e.g. the final image after the last step's)
+        else:
+            image = self.strip(pl_module, target)
+            self._last_render = (trainer.global_step, image)
         directory = self._directory(trainer)
         directory.mkdir(parents=True, exist_ok=True)
         self.last_path = directory / f"{tag}.png"
