@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench results reproduce clean
+.PHONY: setup demo test test-fast test-gpu bench results reproduce clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test-fast: $(STAMP)
 ## Ours beside the authors' TF1 code (installs it with ../shared/tfref/install.sh if missing; about 40 minutes),
 ## then where a 2-D step's time goes (bare loop vs Trainer.fit) and the VAE's step time and memory per prior.
 ## Never run it while other jobs share the cores.
+## The GPU tier on a CUDA machine (every module in float32 and bf16-mixed, exact resume on CUDA); skips without one.
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -m gpu
+
 bench: $(STAMP)
 	-[ -x "$${EIMREF:-$$HOME/.cache/eimref}/venv/bin/python" ] || bash ../shared/tfref/install.sh
 	$(PY) bench/vs_tf.py --output docs/BENCHMARKS.md

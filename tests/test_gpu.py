@@ -1,0 +1,168 @@
+"""The GPU tier (``pytest -m gpu``, ``make test-gpu``): every kind of module trains on CUDA in
+float32 and bf16-mixed through the step engine, and a run interrupted and resumed on CUDA (with
+deterministic algorithms on) ends with exactly the parameters of an uninterrupted run, the CUDA
+random state included. Every test here skips where no CUDA device exists.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from datamodules import Toy2DDataModule
+from eim_lightning import HIS, LARS, SNIS, TRS, Gaussian
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU tier runs on a GPU machine"),
+]
+
+REPO = Path(__file__).resolve().parents[1]
+
+TOY = {
+    "snis": lambda: SNIS(num_proposals=256),
+    "trs": lambda: TRS(T=256),
+    "his": lambda: HIS(T=3),
+    "lars": lambda: LARS(T=64, num_z_samples=256, num_z_val_samples=10_000, num_z_eval_samples=100_000),
+    "gaussian": lambda: Gaussian(),
+}
+
+CONFIGS = [
+    "images/static_mnist/vae_snis_prior.yaml",
+    "images/static_mnist/vae_lars_prior.yaml",
+    "images/static_mnist/convhvae_gaussian_prior.yaml",
+    "images/static_mnist/snis_vae_proposal.yaml",
+    "unify/iwae_linear_gaussian.yaml",
+    "unify/hvae_linear_gaussian.yaml",
+    "unify/fivo_linear_gaussian.yaml",
+    "unify/fivo_vrnn_sines.yaml",
+    "unify/snis_posterior_linear_gaussian.yaml",
+    "unify/ranking_nce_two_rings.yaml",
+    "unify/cpc_correlated_gaussian.yaml",
+]
+
+
+def _trainer(tmp_path, precision: str, **kwargs) -> L.Trainer:
+    defaults = dict(
+        accelerator="gpu",
+        devices=1,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+    )
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+@pytest.mark.parametrize("name", sorted(TOY))
+def test_every_2d_module_trains_and_evaluates_on_cuda(name, precision, tmp_path):
+    model = TOY[name]()
+    trainer = _trainer(
+        tmp_path,
+        precision,
+        max_steps=100,
+        val_check_interval=50,
+        check_val_every_n_epoch=None,
+        log_every_n_steps=10,
+        limit_val_batches=1,
+    )
+    dm = Toy2DDataModule("two_rings", steps_per_epoch=100, val_size=500, test_size=1000, eval_batch_size=500)
+    trainer.fit(model, datamodule=dm)
+    assert trainer.global_step == 100 and model._block_size == 10
+    assert all(p.device.type == "cuda" and torch.isfinite(p).all() for p in model.parameters())
+    (result,) = trainer.test(model, datamodule=dm, verbose=False)
+    assert math.isfinite(result[f"test/{model.bound_name}"])
+
+
+def _shrink(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("num_z_val_samples", "num_z_eval_samples"):
+                node[key] = min(value, 10_000)
+            elif key in ("num_proposals", "T", "num_z_samples") and isinstance(value, int) and value > 128:
+                node[key] = 128
+            else:
+                _shrink(value)
+    elif isinstance(node, list):
+        for item in node:
+            _shrink(item)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_other_kind_of_module_trains_on_cuda_from_its_config(config, precision, tmp_path):
+    from conftest import real_data_dir
+    from eim_lightning.cli import EIMCLI
+
+    cfg = yaml.safe_load((REPO / "configs" / config).read_text())
+    cfg["trainer"].pop("callbacks", None)
+    cfg["trainer"].pop("logger", None)
+    _shrink(cfg)
+    args = [
+        "--config",
+        yaml.safe_dump(cfg),
+        "--trainer.max_steps=20",
+        "--trainer.limit_val_batches=1",
+        "--trainer.val_check_interval=10",
+        "--trainer.check_val_every_n_epoch=null",
+        "--trainer.accelerator=gpu",
+        "--trainer.devices=1",
+        f"--trainer.precision={precision}",
+        "--trainer.logger=false",
+        "--trainer.enable_checkpointing=false",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    if config.startswith("images/"):
+        args += [
+            f"--data.init_args.root={real_data_dir()}",
+            "--data.init_args.train_subset=256",
+            "--data.init_args.batch_size=32",
+        ]
+    cli = EIMCLI(args=args, run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 20
+    assert all(p.device.type == "cuda" and torch.isfinite(p).all() for p in cli.model.parameters())
+
+
+def _resumable_fit(tmp_path, steps: int, ckpt_path=None, stop_at: int | None = None):
+    """SNIS on CUDA with deterministic algorithms; optionally stopped (as if killed) at ``stop_at``."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class Stop(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if stop_at is not None and trainer.global_step >= stop_at:
+                trainer.should_stop = True
+
+    L.seed_everything(0, verbose=False)
+    model = SNIS(num_proposals=256, steps_per_block=5)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=10, save_top_k=-1, filename="{step}")
+    trainer = _trainer(
+        tmp_path,
+        "32-true",
+        max_steps=steps,
+        enable_checkpointing=True,
+        callbacks=[ckpt, Stop()],
+        log_every_n_steps=10,
+        deterministic=True,
+    )
+    trainer.fit(model, datamodule=Toy2DDataModule("nine_gaussians", steps_per_epoch=40), ckpt_path=ckpt_path)
+    return model
+
+
+def test_a_resumed_cuda_run_equals_an_uninterrupted_one(tmp_path):
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    full = _resumable_fit(tmp_path / "full", 60)
+    _resumable_fit(tmp_path / "part", 60, stop_at=30)
+    resumed = _resumable_fit(tmp_path / "part", 60, ckpt_path=tmp_path / "part" / "ckpt" / "step=30.ckpt")
+    assert all(torch.equal(a, b) for a, b in zip(full.parameters(), resumed.parameters()))
