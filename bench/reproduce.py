@@ -93,7 +93,7 @@ class RunLog(Callback):
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         # every optimiser step (also inside a block of steps); global_step is this step's index
         if trainer.global_step % self.every == 0:
-            self.elbo.append([trainer.global_step, -float(loss)])
+            self.elbo.append([trainer.global_step, -float(loss.detach())])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == trainer.max_steps or time.time() - self.saved >= self.interval:

@@ -42,6 +42,7 @@ Lightning), and mixed precision with a gradient scaler (``16-mixed``).
 from __future__ import annotations
 
 import math
+import warnings
 
 import lightning as L
 import torch
@@ -190,6 +191,10 @@ class StepEngineMixin:
         else:
             self._block_size = choose_steps_per_block(self.steps_per_block, trainer, dm)
         dm.steps_per_block = self._block_size
+        if self._block_size > 1:  # Lightning compares batches (blocks) with a logging interval in steps
+            warnings.filterwarnings(
+                "ignore", message=r"The number of training batches \(\d+\) is smaller than the logging"
+            )
 
     def collect_step_hooks(self) -> None:
         """At ``on_fit_start``: the per-step hooks to run."""
