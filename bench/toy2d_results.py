@@ -140,6 +140,9 @@ def write_table(runs_dir: Path, output: Path, images_dir: Path, command: str, op
     lines += [
         "## More results",
         "",
+        "- [RESULTS_TOY2D_REPRO.md](RESULTS_TOY2D_REPRO.md): the 2-D models at the authors' K = 128 after "
+        "100,000 steps, evaluated as they evaluate, beside their code's numbers (`bench/reproduce.py`, "
+        "`bench/toy2d_reproduction.py`).",
         "- [RESULTS_IMAGES.md](RESULTS_IMAGES.md): VAEs with EIM priors and EIMs with VAE proposals on binarized "
         "MNIST and Fashion-MNIST (the paper's Table 1), produced by `bench/reproduce.py` and `bench/mnist_results.py`.",
         "- [RESULTS_UNIFY.md](RESULTS_UNIFY.md): IWAE = SNIS posterior, FIVO vs the Kalman filter as K grows, "
