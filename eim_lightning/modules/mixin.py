@@ -155,7 +155,7 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
         for module in self.modules():  # nested densities too (a VAE as an EIM's proposal, a prior)
             if isinstance(module, Density):
                 module.validate_args = self.validate_inputs
-        self.separate_rank_streams(stage)
+        self.separate_rank_streams()
         self.configure_step_engine(stage)
         if dm is None:
             return

@@ -7,9 +7,10 @@ r"""Layer 3: the random streams of training, so that results are reproducible.
   (entered at ``on_validation_start``, left at ``on_validation_end``), so the training
   trajectory does not depend on how often it is validated. Image callbacks do the same.
 * **One stream per process**: under several processes, each rank's torch stream is reseeded at
-  ``setup("fit")`` from ``(seed, rank)`` (the seed of ``seed_everything``, else torch's initial
-  seed), so ranks draw different negatives even when every rank was seeded alike. A single
-  process keeps its stream untouched.
+  every ``setup`` (fit, validate, test) from ``(seed, rank)`` (the seed of ``seed_everything``,
+  else torch's initial seed), so ranks draw different negatives even when every rank was seeded
+  alike (Lightning's DDP strategy resets every rank to the ``seed_everything`` seed when each
+  ``fit``/``test`` starts). A single process keeps its stream untouched.
 """
 
 from __future__ import annotations
@@ -47,10 +48,10 @@ class RandomStateMixin:
         if "cuda" in state and torch.cuda.is_available() and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda"], self.device)
 
-    def separate_rank_streams(self, stage: str) -> None:
-        """At ``setup("fit")`` under several processes: reseed this rank from (seed, rank)."""
+    def separate_rank_streams(self) -> None:
+        """At ``setup`` under several processes: reseed this rank from (seed, rank)."""
         trainer = self._trainer
-        if stage != "fit" or trainer is None or trainer.world_size <= 1:
+        if trainer is None or trainer.world_size <= 1:
             return
         seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
         torch.manual_seed(rank_seed(seed, trainer.global_rank))
