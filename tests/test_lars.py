@@ -409,3 +409,26 @@ def test_bad_inputs_raise_clear_errors(make_x, error, match):
         lars.log_prob_lower_bound(make_x())
     with pytest.raises(error, match=match):
         lars.bound_and_diagnostics(make_x())
+
+
+def test_training_diagnostics_report_the_fraction_of_saturated_acceptances():
+    """``saturated`` is the fraction of the step's Z samples with a > 0.99: 0 for a = 0.5, 1 for a
+    = sigmoid(10), and exactly the share of samples beyond the threshold for a step function."""
+    from eim_lightning.densities import LARS as LARSDensity
+    from eim_lightning.densities import Normal
+
+    class Threshold(torch.nn.Module):  # logit 10 (a > 0.99) where x_0 > 0, else 0 (a = 0.5)
+        def forward(self, x):
+            return torch.where(x[..., :1] > 0, 10.0, 0.0)
+
+    lars = LARSDensity(Normal(2), Threshold(), T=8, num_z_samples=20_000)
+    lars.train()
+    x = torch.randn(4, 2)
+    torch.manual_seed(0)
+    _, diagnostics = lars.bound_and_diagnostics(x)
+    torch.manual_seed(0)
+    share = (Normal(2).rsample(20_000)[:, 0] > 0).float().mean()
+    assert diagnostics["saturated"].item() == pytest.approx(share.item(), abs=1e-6)
+    assert 0.48 < share.item() < 0.52
+    _, none = lars.bound_and_diagnostics(x, diagnostics=False)
+    assert none == {}

@@ -102,6 +102,7 @@ class LARS(Density):
         self.register_buffer("z_eval", torch.tensor(math.nan))
         self._z_eval_inputs: list[Tensor] | None = None  # the values z_eval was estimated for
         self._pending_z_s: Tensor | None = None
+        self._last_acceptance: Tensor | None = None
         self.register_load_state_dict_post_hook(LARS._restore_z_eval)
 
     def logit(self, x: Tensor, context: Tensor | None = None) -> Tensor:
@@ -120,7 +121,9 @@ class LARS(Density):
                 posterior samples; then ``Z_curr = (S Ẑ_S + extra) / (S + 1)`` per example.
         """
         xs = self.proposal.rsample(self.num_z_samples)
-        z_curr = torch.sigmoid(self.logit(xs)).mean()
+        acceptance = torch.sigmoid(self.logit(xs))
+        self._last_acceptance = acceptance.detach()  # for the saturation diagnostic
+        z_curr = acceptance.mean()
         if extra is not None:
             s = self.num_z_samples
             z_curr = (s * z_curr + extra) / (s + 1)
@@ -232,14 +235,19 @@ class LARS(Density):
 
     def bound_and_diagnostics(self, x: Tensor, context: Tensor | None = None, diagnostics: bool = True):
         """Training log-density *estimate* ``[B]`` with the smoothed training Z (in training
-        mode; the evaluation Z otherwise); diagnostics: that Z and Z_ema (none with
-        ``diagnostics=False``)."""
+        mode; the evaluation Z otherwise); diagnostics: that Z, Z_ema and, in training,
+        ``saturated``: the fraction of the step's proposal samples accepted with a > 0.99 (where
+        LARS's only push-down term, the gradient of Z, vanishes; docs/LARS_SATURATION.md). None
+        with ``diagnostics=False``."""
         self.check_input(x, context)
         if not self.training:
-            estimate, z = self.log_prob_replicas(x, 1, context)[0], self.z_eval
-        else:
-            estimate, z = self.log_prob_given_z(x, self.training_z())[0], self._pending_z_s
-        return estimate, {"z": z, "z_ema": self.z_ema} if diagnostics else {}
+            estimate = self.log_prob_replicas(x, 1, context)[0]
+            return estimate, {"z": self.z_eval, "z_ema": self.z_ema} if diagnostics else {}
+        estimate = self.log_prob_given_z(x, self.training_z())[0]
+        if not diagnostics:
+            return estimate, {}
+        saturated = (self._last_acceptance > 0.99).float().mean()
+        return estimate, {"z": self._pending_z_s, "z_ema": self.z_ema, "saturated": saturated}
 
     def log_prob_for_elbo(self, z: Tensor, log_q: Tensor, objective: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
         """As a VAE's prior, ``[m, B]`` estimates of ``log q_T(z)`` at posterior samples ``z [m, B, L]``.
