@@ -268,3 +268,45 @@ def test_any_python_int_seeds_the_training_batches_and_small_seeds_keep_their_st
     huge = Toy2DDataModule(seed=10**30, batch_size=4, steps_per_epoch=2, val_size=8)
     assert next(iter(huge.train_dataloader())).shape == (4, 2)
     assert next(iter(huge.val_dataloader()))[0].shape == (8, 2)
+
+
+# -- compilation ----------------------------------------------------------------------------------
+
+
+def _his_fit(tmp_path, steps: int, **kwargs):
+    from eim_lightning import HIS
+
+    L.seed_everything(0, verbose=False)
+    model = HIS(T=2, **kwargs)
+    _trainer(tmp_path, max_steps=steps, log_every_n_steps=5).fit(model, datamodule=Toy2DDataModule(steps_per_epoch=10))
+    return model
+
+
+def test_short_runs_are_not_compiled_by_default_and_a_failed_compilation_falls_back(tmp_path, monkeypatch):
+    assert _his_fit(tmp_path, 4)._compiled_bound is None  # HIS pays for compilation only in long runs
+
+    def broken(fn):
+        def call(*args, **kwargs):
+            raise RuntimeError("no compiler here")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(UserWarning, match="torch.compile of the training step failed"):
+        model = _his_fit(tmp_path, 6, compile=True)
+    assert model._compiled_bound is None and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_a_compiled_his_step_trains_and_matches_the_eager_bound(tmp_path):
+    model = _his_fit(tmp_path, 10, compile=True)
+    assert model._compiled_bound is not None
+    x = Toy2DDataModule().sample(64, torch.Generator().manual_seed(1))
+    torch.manual_seed(2)
+    eager = model.training_bound_only(x)
+    compiled = model._compiled_bound(x)
+    assert compiled.shape == eager.shape and torch.isfinite(compiled).all()
+    # different random numbers (the compiled graph draws its own), same distribution of the bound
+    assert abs(compiled.mean().item() - eager.mean().item()) < 1.0
+    with pytest.raises(ValueError, match="compile must be"):
+        SNIS(compile="yes")
