@@ -34,6 +34,7 @@ samples then have shape ``[n, B, *event_shape]``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
 
@@ -246,6 +247,18 @@ class Density(nn.Module):
     def log_unnormalized_density(self, x: Tensor) -> Tensor:
         """The log of the density image the paper plots (``[B]``), up to a constant."""
         raise NotImplementedError
+
+    # -- hooks the training modules call ------------------------------------------------------
+
+    def after_optimizer_step(self, reduce: Callable[[Tensor], Tensor]) -> None:
+        """Run by the training step after every optimiser step, for state that follows the
+        weights (LARS's moving-average Z). ``reduce`` averages a tensor over processes. Default:
+        nothing."""
+
+    def before_evaluation(self, stage: str, reduce: Callable[[Tensor], Tensor]) -> None:
+        """Run at the start of validation (``stage="val"``) and test (``"test"``), e.g. to
+        re-estimate a normalising constant (LARS's Z), averaged with ``reduce`` so that every
+        process holds the same value. Default: nothing."""
 
     # -- helpers for subclasses ---------------------------------------------------------------
 

@@ -143,6 +143,16 @@ class LARS(Density):
         self.z_ema.copy_(value)
         self._pending_z_s = None
 
+    def after_optimizer_step(self, reduce: Callable[[Tensor], Tensor]) -> None:
+        """The moving-average Z follows every optimiser step (:meth:`update_z_ema`)."""
+        self.update_z_ema(reduce)
+
+    def before_evaluation(self, stage: str, reduce: Callable[[Tensor], Tensor]) -> None:
+        """A fresh evaluation Z from ``num_z_val_samples`` (validation) or ``num_z_eval_samples``
+        (test) proposal samples, averaged over processes."""
+        z = self.estimate_z(self.num_z_val_samples if stage == "val" else self.num_z_eval_samples)
+        self.set_evaluation_z(reduce(z.to(self.z_eval.dtype)))
+
     def _z_inputs(self) -> list[Tensor]:
         """Every tensor ``Z = E_pi[a]`` depends on."""
         nets = (self.proposal, self.accept_logit)

@@ -29,10 +29,11 @@ The mixin owns everything else:
 
 * randomness (:mod:`.randomness`): exact resume, evaluation isolated from the training
   stream, one stream per process;
-* LARS state: for every :class:`~eim_lightning.densities.LARS` inside the module (the model
-  itself, a VAE's prior, ...) it updates the moving-average Z after each optimiser step and
-  re-estimates Z at the start of validation (``num_z_val_samples``) and test
-  (``num_z_eval_samples``), averaging over processes so every worker holds the same Z.
+* density hooks: every :class:`~eim_lightning.densities.Density` inside the module (the model
+  itself, a VAE's prior, an EIM's proposal, ...) gets ``after_optimizer_step(reduce)`` after
+  each optimiser step and ``before_evaluation(stage, reduce)`` at the start of validation and
+  test, ``reduce`` averaging over processes (LARS keeps its moving-average Z and re-estimates
+  its evaluation Z there, identical on every worker); the module knows no density type.
 
 ``bound_name`` is ``"bound"``; LARS overrides it with ``"log_prob_estimate"`` (its Z is
 estimated, so its value is not a bound).
@@ -47,7 +48,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from ..densities import LARS, Density, Normal
+from ..densities import Density, Normal
 from ..densities.base import check_positive_int
 from ..nn import MLP
 from ..optim import Adam
@@ -278,36 +279,37 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metric, "test", self.num_test_samples)
 
-    # -- LARS state -----------------------------------------------------------------------------
+    # -- density hooks -------------------------------------------------------------------------
 
-    def _lars_densities(self) -> list[LARS]:
-        return [m for m in self.modules() if isinstance(m, LARS)]
+    def _densities_with(self, hook: str) -> list[Density]:
+        """The densities inside the module that override ``hook`` of :class:`Density`."""
+        return [
+            m for m in self.modules() if isinstance(m, Density) and getattr(type(m), hook) is not getattr(Density, hook)
+        ]
 
     def _mean_over_processes(self, value: Tensor) -> Tensor:
         return self.trainer.strategy.reduce(value, reduce_op="mean")
 
     def after_optimizer_step(self) -> None:
-        """After every optimiser step: LARS's moving-average Z."""
-        lars_list = getattr(self, "_lars_in_fit", None)
-        for lars in self._lars_densities() if lars_list is None else lars_list:
-            lars.update_z_ema(self._mean_over_processes)
+        """After every optimiser step: each density's ``after_optimizer_step`` (LARS's Z)."""
+        stateful = getattr(self, "_stateful_densities", None)
+        for density in self._densities_with("after_optimizer_step") if stateful is None else stateful:
+            density.after_optimizer_step(self._mean_over_processes)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         # Lightning's automatic optimisation (see .engine): the engine calls after_optimizer_step itself
         super().optimizer_step(*args, **kwargs)
         self.after_optimizer_step()
 
-    def _estimate_lars_z(self, stage: str) -> None:
-        for lars in self._lars_densities():
-            n = lars.num_z_val_samples if stage == "val" else lars.num_z_eval_samples
-            z = lars.estimate_z(n)
-            lars.set_evaluation_z(self._mean_over_processes(z.to(lars.z_eval.dtype)))
+    def _before_evaluation(self, stage: str) -> None:
+        for density in self._densities_with("before_evaluation"):
+            density.before_evaluation(stage, self._mean_over_processes)
 
     # -- hooks ----------------------------------------------------------------------------------
 
     def on_fit_start(self) -> None:
         self.collect_step_hooks()
-        self._lars_in_fit = self._lars_densities()
+        self._stateful_densities = self._densities_with("after_optimizer_step")
 
     def on_train_start(self) -> None:
         self.restore_rng_on_train_start()
@@ -318,11 +320,11 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
         # re-create the metric state in this loop's grad mode: a previous trainer.validate() ran
         # under inference mode and left inference tensors, which fit's validation cannot update
         self.val_metric.reset()
-        self._estimate_lars_z("val")
+        self._before_evaluation("val")
 
     def on_test_epoch_start(self) -> None:
         self.test_metric.reset()
-        self._estimate_lars_z("test")
+        self._before_evaluation("test")
 
     # -- optimisation -------------------------------------------------------------------------
 
