@@ -40,23 +40,25 @@ def data_dir() -> Path:
     return real_data_dir()
 
 
-@pytest.fixture
-def make_trainer(tmp_path):
-    """A quiet CPU Trainer factory for tests (no logger or checkpoints unless asked)."""
+def quiet_trainer(root, **kwargs):
+    """A quiet CPU Trainer for tests (no logger, checkpoints, bar or sanity check unless asked)."""
     import lightning as L
 
-    def make(**kwargs):
-        defaults = dict(
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
-            num_sanity_val_steps=0,
-        )
-        defaults.update(kwargs)
-        return L.Trainer(**defaults)
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        num_sanity_val_steps=0,
+    )
+    defaults.update(kwargs)
+    return L.Trainer(**defaults)
 
-    return make
+
+@pytest.fixture
+def make_trainer(tmp_path):
+    """A factory of :func:`quiet_trainer` in the test's temporary directory."""
+    return lambda **kwargs: quiet_trainer(tmp_path, **kwargs)

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from conftest import quiet_trainer
 from datamodules import Toy2DDataModule
 from datamodules.synthetic import batch_seed
 from eim_lightning import LARS, SNIS
@@ -25,18 +26,7 @@ from eim_lightning.optim import Adam
 
 
 def _trainer(tmp_path, **kwargs):
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        num_sanity_val_steps=0,
-    )
-    defaults.update(kwargs)
-    return L.Trainer(**defaults)
+    return quiet_trainer(tmp_path, **kwargs)
 
 
 def _params(module):

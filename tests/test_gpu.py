@@ -15,8 +15,10 @@ import pytest
 import torch
 import yaml
 
+from conftest import quiet_trainer
 from datamodules import Toy2DDataModule
 from eim_lightning import HIS, LARS, SNIS, TRS, Gaussian
+from jobs.shrink import shrink_config
 
 pytestmark = [
     pytest.mark.gpu,
@@ -49,18 +51,7 @@ CONFIGS = [
 
 
 def _trainer(tmp_path, precision: str, **kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="gpu",
-        devices=1,
-        precision=precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        num_sanity_val_steps=0,
-    )
-    return L.Trainer(**{**defaults, **kwargs})
+    return quiet_trainer(tmp_path, accelerator="gpu", precision=precision, **kwargs)
 
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
@@ -84,20 +75,6 @@ def test_every_2d_module_trains_and_evaluates_on_cuda(name, precision, tmp_path)
     assert math.isfinite(result[f"test/{model.bound_name}"])
 
 
-def _shrink(node):
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in ("num_z_val_samples", "num_z_eval_samples"):
-                node[key] = min(value, 10_000)
-            elif key in ("num_proposals", "T", "num_z_samples") and isinstance(value, int) and value > 128:
-                node[key] = 128
-            else:
-                _shrink(value)
-    elif isinstance(node, list):
-        for item in node:
-            _shrink(item)
-
-
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_other_kind_of_module_trains_on_cuda_from_its_config(config, precision, tmp_path):
@@ -107,7 +84,7 @@ def test_every_other_kind_of_module_trains_on_cuda_from_its_config(config, preci
     cfg = yaml.safe_load((REPO / "configs" / config).read_text())
     cfg["trainer"].pop("callbacks", None)
     cfg["trainer"].pop("logger", None)
-    _shrink(cfg)
+    shrink_config(cfg, z_samples=10_000, size=128)
     args = [
         "--config",
         yaml.safe_dump(cfg),

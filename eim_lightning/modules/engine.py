@@ -116,7 +116,8 @@ def choose_steps_per_block(requested: int | None, trainer: L.Trainer, datamodule
     return requested
 
 
-def _overrides(obj, hook: str, base) -> bool:
+def overrides(obj, hook: str, base) -> bool:
+    """Whether ``obj``'s class overrides ``base``'s ``hook``."""
     return getattr(type(obj), hook, None) is not getattr(base, hook, None)
 
 
@@ -202,8 +203,8 @@ class StepEngineMixin:
         trainer = self.trainer
         self._step_hooks = []
         for hook in _STEP_HOOKS:
-            owners = [cb for cb in trainer.callbacks if _overrides(cb, hook, L.Callback)]
-            if _overrides(self, hook, L.LightningModule):
+            owners = [cb for cb in trainer.callbacks if overrides(cb, hook, L.Callback)]
+            if overrides(self, hook, L.LightningModule):
                 owners.append(self)
             self._step_hooks.extend((hook, owner) for owner in owners)
 

@@ -52,7 +52,7 @@ from ..densities import Density, Normal
 from ..densities.base import check_positive_int
 from ..nn import MLP
 from ..optim import Adam
-from .engine import StepEngineMixin
+from .engine import StepEngineMixin, overrides
 from .randomness import RandomStateMixin
 
 __all__ = ["BoundEstimatorMixin", "default_proposal", "default_mlp", "resolve_density"]
@@ -283,9 +283,7 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
 
     def _densities_with(self, hook: str) -> list[Density]:
         """The densities inside the module that override ``hook`` of :class:`Density`."""
-        return [
-            m for m in self.modules() if isinstance(m, Density) and getattr(type(m), hook) is not getattr(Density, hook)
-        ]
+        return [m for m in self.modules() if isinstance(m, Density) and overrides(m, hook, Density)]
 
     def _mean_over_processes(self, value: Tensor) -> Tensor:
         return self.trainer.strategy.reduce(value, reduce_op="mean")
