@@ -6,7 +6,6 @@ for the EIMs, whose negatives are drawn per process). The 1001-point test set do
 evenly: the evaluation must not count a padded example twice."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,10 +22,7 @@ def ddp_results(tmp_path_factory):
 
     real_data_dir()  # the image configs train on static MNIST
     out = tmp_path_factory.mktemp("ddp") / "results.pt"
-    with socket.socket() as probe:  # a free port, not Lightning's default 29500 that a lingering run may hold
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(port)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.setdefault("EIM_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     proc = subprocess.run(
         [sys.executable, str(JOB), str(out)],
