@@ -114,8 +114,8 @@ class Checkerboard(Target):
     name = "checkerboard"
     plot_limit = 2.2
 
-    def _cells(self) -> Tensor:
-        return torch.tensor([(i, j) for i in range(4) for j in range(4) if (i + j) % 2 == 0], dtype=torch.long)
+    #: lower-left corners of the 8 filled unit cells
+    corners = torch.tensor([(i - 2.0, j - 2.0) for i in range(4) for j in range(4) if (i + j) % 2 == 0])
 
     def log_prob(self, x: Tensor) -> Tensor:
         inside = (x.abs() < 2).all(-1)
@@ -126,8 +126,7 @@ class Checkerboard(Target):
         )
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        cells = self._cells()[torch.randint(0, 8, (n,), generator=generator)]
-        return cells.float() - 2 + torch.rand(n, 2, generator=generator)
+        return self.corners[torch.randint(0, 8, (n,), generator=generator)] + torch.rand(n, 2, generator=generator)
 
     @property
     def expected_log_likelihood(self) -> float:

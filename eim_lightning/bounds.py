@@ -39,10 +39,13 @@ from .ops import as_float32_or_wider, log1mexp, logsumexp, logsumexp_parts
 
 __all__ = [
     "snis_lower_bound",
+    "snis_log_ratio",
+    "snis_bound_from_ratio",
     "snis_particle_upper_bounds",
     "trs_posterior_stats",
     "trs_lower_bound",
     "lars_log_prob",
+    "lars_geometry",
     "first_accepted",
 ]
 
@@ -59,11 +62,19 @@ def snis_lower_bound(log_pi_x: Tensor, u_x: Tensor, u_neg: Tensor) -> Tensor:
     Computed as ``log pi(x) + log K - log(1 + sum_j e^{U(x'_j) - U(x)})`` from energy
     differences, so adding a constant to all energies (of any size) changes nothing.
     """
-    log_pi_x, u_x, u_neg = map(as_float32_or_wider, (log_pi_x, u_x, u_neg))
-    k = u_neg.shape[0] + 1
+    return snis_bound_from_ratio(log_pi_x, snis_log_ratio(u_x, u_neg), u_neg.shape[0] + 1)
+
+
+def snis_log_ratio(u_x: Tensor, u_neg: Tensor) -> Tensor:
+    """``r = log sum_j e^{U(x'_j) - U(x)}`` ``[B]``, from energy differences."""
+    u_x, u_neg = as_float32_or_wider(u_x), as_float32_or_wider(u_neg)
     shift, rest = logsumexp_parts(u_neg, dim=0)
-    log_ratio = (shift - u_x) + rest  # log sum_j e^{U(x'_j) - U(x)}
-    return log_pi_x + math.log(k) - torch.logaddexp(torch.zeros_like(log_ratio), log_ratio)
+    return (shift - u_x) + rest
+
+
+def snis_bound_from_ratio(log_pi_x: Tensor, log_ratio: Tensor, k: int) -> Tensor:
+    """The SNIS bound ``log pi(x) + log K - log(1 + e^r)`` from ``r`` (:func:`snis_log_ratio`)."""
+    return as_float32_or_wider(log_pi_x) + math.log(k) - torch.logaddexp(torch.zeros_like(log_ratio), log_ratio)
 
 
 def snis_particle_upper_bounds(log_pi: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
@@ -199,6 +210,35 @@ def lars_log_prob(log_pi_x: Tensor, log_a_x: Tensor, z: Tensor, T: int) -> Tenso
     direct = log1mexp(n * torch.log1p(-z1)) - torch.log(z1)
     log_geo = torch.where(near_zero, series, direct)
     return log_pi_x + torch.logaddexp(log_a_x + log_geo, last)
+
+
+def lars_geometry(z: float, T: int) -> tuple[float, float, float, float]:
+    """The ``Z``-dependent parts of :func:`lars_log_prob` for one Python float ``Z``, in float64
+    with their derivatives: ``(log S, n log(1 - Z), d log S / dZ, d n log(1 - Z) / dZ)``, with
+    ``n = T - 1`` and ``log q_T(x) = log pi(x) + logaddexp(log a(x) + log S, n log(1 - Z))``.
+
+    The same branches as :func:`lars_log_prob`: the series near ``Z = 0`` (``|n s| < 10^-2``,
+    ``s = log(1 - Z)``), ``Z >= 1`` evaluated at 1 with zero derivatives, NaN for a negative or
+    NaN ``Z``. Derivatives: ``ds/dZ = -1/(1 - Z)``; directly,
+    ``d log S/dZ = n (1-Z)^{n-1} / (1 - (1-Z)^n) - 1/Z``; by the series,
+    ``d log S/ds = (n-1)/2 + s (n^2-1)/12 - s^3 (n^4-1)/720``. ``T >= 2``.
+    """
+    n = T - 1
+    if not z >= 0:  # negative or NaN
+        return (math.nan,) * 4
+    if z >= 1:
+        return 0.0, -math.inf, 0.0, 0.0
+    s = math.log1p(-z)
+    ds = -1.0 / (1.0 - z)
+    last = n * s
+    if last > -1e-2:
+        log_geo = math.log(n) + s * ((n - 1) / 2) + s**2 * ((n**2 - 1) / 24) - s**4 * ((n**4 - 1) / 2880)
+        d_log_geo = ds * ((n - 1) / 2 + s * ((n**2 - 1) / 12) - s**3 * ((n**4 - 1) / 720))
+    else:
+        tail = math.exp(last)  # (1 - Z)^n
+        log_geo = math.log(-math.expm1(last)) - math.log(z)
+        d_log_geo = n * tail / ((1.0 - tail) * (1.0 - z)) - 1.0 / z
+    return log_geo, last, d_log_geo, n * ds
 
 
 def first_accepted(accept: Tensor) -> Tensor:

@@ -13,6 +13,13 @@ by the chain rule written out (``g_L = W_L``, ``g_l = (g_{l+1} * s'(a_l)) W_l``,
 pre-activations), in ordinary differentiable operations: HIS's leapfrog differentiates it once
 more with plain backward instead of double backward through ``autograd.grad`` (fewer, fusable
 operations; ``torch.compile`` can trace it).
+
+:meth:`MLP.forward_cached` and :meth:`MLP.parameter_gradients` are the forward pass keeping
+each layer's output and the backward pass for the parameters written out
+(``dL/dW_l = delta_l^T h_{l-1}``, ``dL/db_l = sum_n delta_l``,
+``delta_{l-1} = (delta_l W_l) * s'(a_{l-1})``), without autograd: a density's closed-form
+training step (``Density.closed_form_training_bound``) uses them where the autograd engine's
+per-operation cost would dominate a small network's step.
 """
 
 from __future__ import annotations
@@ -101,6 +108,39 @@ class MLP(nn.Module):
             return x
         context = context.expand(*x.shape[:-1], context.shape[-1])
         return torch.cat([x, context.to(x.dtype)], dim=-1)
+
+    def forward_cached(self, h: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``net(h)`` of an unconditional ``h [N, in_dim]``, ``[N, out_dim]``, and what
+        :meth:`parameter_gradients` needs: the hidden layers' pre-activations and outputs."""
+        cache = [h]
+        for module in self.net:
+            h = module(h)
+            cache.append(h)
+        return h, cache
+
+    def parameter_gradients(self, cache: list[Tensor], delta: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """``(parameter, gradient)`` of every parameter, for the gradient of ``sum(delta * net(h))``,
+        ``delta [N, out_dim]`` and the cache of :meth:`forward_cached`."""
+        if self.activation not in DERIVATIVES:
+            raise ValueError(
+                f"parameter_gradients needs an activation in {sorted(DERIVATIVES)}, got {self.activation!r}"
+            )
+        derivative = DERIVATIVES[self.activation]
+        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        grads: list[tuple[Tensor, Tensor]] = []
+        for i in reversed(range(len(linears))):
+            linear, h_in = linears[i], cache[2 * i]
+            if linear.bias is not None:
+                grads.append((linear.bias, delta.sum(0)))
+            grads.append((linear.weight, delta.t().mm(h_in)))
+            if i == 0:
+                break
+            delta = delta.mm(linear.weight)
+            if self.activation == "tanh":
+                delta = torch.ops.aten.tanh_backward(delta, h_in)
+            else:
+                delta = delta * derivative(cache[2 * i - 1], h_in)
+        return grads[::-1]
 
     def input_gradient(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """``d net(x, c) / dx`` of a scalar MLP, ``[..., in_dim]``, differentiable (see the module doc)."""

@@ -47,8 +47,7 @@ def as_float32_or_wider(x: Tensor) -> Tensor:
 def safe_max(x: Tensor, dim: int, keepdim: bool = False) -> Tensor:
     """The detached maximum along ``dim``, 0 where it is not finite (NaN, ``±inf``): a shift
     that brings log-weights near 0 before they are exponentiated or added to small numbers."""
-    m = x.detach().amax(dim=dim, keepdim=keepdim)
-    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    return torch.nan_to_num(x.detach().amax(dim=dim, keepdim=keepdim), nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def logsumexp_parts(x: Tensor, dim: int = 0, keepdim: bool = False) -> tuple[Tensor, Tensor]:
@@ -71,10 +70,13 @@ def logsumexp_parts(x: Tensor, dim: int = 0, keepdim: bool = False) -> tuple[Ten
         return x.new_zeros(shape), x.new_full(shape, -math.inf)
     m = safe_max(x, dim, keepdim=True)
     s = torch.exp(x - m).sum(dim=dim, keepdim=True)
-    # all -inf slices (s = 0): value -inf, gradient 0 (instead of 0 * inf = NaN). A NaN gives
-    # s = NaN, which is not 0, so it reaches the output.
-    dead = s == 0
-    rest = torch.where(dead, torch.full_like(s, -math.inf), torch.log(torch.where(dead, torch.ones_like(s), s)))
+    if torch.is_grad_enabled() and x.requires_grad:
+        # all -inf slices (s = 0): value -inf, gradient 0 (instead of 0 * inf = NaN). A NaN
+        # gives s = NaN, which is not 0, so it reaches the output.
+        dead = s == 0
+        rest = torch.where(dead, torch.full_like(s, -math.inf), torch.log(torch.where(dead, torch.ones_like(s), s)))
+    else:  # no gradient: log 0 = -inf is already the value
+        rest = torch.log(s)
     return (m, rest) if keepdim else (m.squeeze(dim), rest.squeeze(dim))
 
 

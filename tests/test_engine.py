@@ -217,6 +217,32 @@ def test_a_nan_inside_a_block_stops_at_the_end_of_the_block_naming_the_first_bad
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_a_nan_batch_stops_before_its_block_runs_naming_its_step(tmp_path):
+    """The block's batches are checked at once, before its first step: nothing of it trains."""
+    dm = Toy2DDataModule(steps_per_epoch=40)
+    sample = dm.target.sample
+
+    def poisoned(n, generator=None):
+        x = sample(n, generator)
+        if generator is not None and generator.initial_seed() == batch_seed(0, 0, 13):
+            x[3, 1] = math.nan  # the batch of step 13
+        return x
+
+    dm.target.sample = poisoned
+    L.seed_everything(0, verbose=False)
+    model = SNIS(num_proposals=8, steps_per_block=4)
+    steps_run = []
+
+    class Steps(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            steps_run.append(trainer.global_step)
+
+    trainer = _trainer(tmp_path, max_steps=40, log_every_n_steps=4, callbacks=[Steps()])
+    with pytest.raises(ValueError, match=r"the batch of training step 13 has 1 non-finite"):
+        trainer.fit(model, datamodule=dm)
+    assert steps_run == list(range(12)) and trainer.global_step == 12  # block 12-15 never ran
+
+
 def test_gradient_clipping_and_accumulation_take_lightnings_loop_with_fresh_batches(tmp_path):
     seen = []
 

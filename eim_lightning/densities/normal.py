@@ -78,7 +78,7 @@ class Normal(Density):
             )
         scale = self.scale
         z = (x - self.loc) / scale
-        return -0.5 * (z.square() + LOG_2PI).sum(-1) - torch.log(scale).sum()
+        return z.square().sum(-1).mul(-0.5) - (torch.log(scale).sum() + 0.5 * LOG_2PI * self.event_shape[0])
 
     def log_prob_replicas(self, x: Tensor, num_replicas: int, context: Tensor | None = None) -> Tensor:
         check_positive_int("num_replicas", num_replicas)

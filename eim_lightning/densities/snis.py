@@ -29,7 +29,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..bounds import snis_lower_bound, snis_particle_upper_bounds
+from ..bounds import snis_bound_from_ratio, snis_log_ratio, snis_lower_bound, snis_particle_upper_bounds
+from ..nn import DERIVATIVES, MLP
 from ..smc import effective_sample_size
 from .base import Density, check_positive_int, evaluate_net
 
@@ -114,11 +115,45 @@ class SNIS(Density):
         self.check_input(x, context)
         log_pi, u_x, u_neg = self._bound_terms(x, 1, context)
         bound = snis_lower_bound(log_pi, u_x, u_neg)[0]
-        if not diagnostics:
-            return bound, {}
-        with torch.no_grad():  # over the K particles: the data point and its negatives
-            ess = effective_sample_size(torch.cat([u_x.unsqueeze(0), u_neg[:, 0].expand(-1, u_x.shape[0])]))
-        return bound, {"ess": ess}
+        return bound, self._diagnostics(u_x, u_neg[:, 0]) if diagnostics else {}
+
+    @staticmethod
+    @torch.no_grad()
+    def _diagnostics(u_x: Tensor, u_neg: Tensor) -> dict[str, Tensor]:
+        # the ESS over the K particles of each example: the data point and its negatives
+        return {"ess": effective_sample_size(torch.cat([u_x.unsqueeze(0), u_neg.expand(-1, u_x.shape[0])]))}
+
+    @torch.no_grad()
+    def closed_form_training_bound(self, x: Tensor, diagnostics: bool = True):
+        """The training bound with its gradient in closed form (see :class:`Density`), for an
+        :class:`~eim_lightning.nn.MLP` energy, shared negatives and a proposal without
+        parameters (else None). With ``r_b = log sum_j e^{U(x'_j) - U(x_b)}`` the loss
+        ``-(1/B) sum_b L_SNIS(x_b)`` has ``dloss/dU(x_b) = -sigmoid(r_b)/B`` and
+        ``dloss/dU(x'_j) = softmax_j(U(x')) sum_b sigmoid(r_b)/B``, which the MLP's own backward
+        (:meth:`~eim_lightning.nn.MLP.parameter_gradients`) carries to its weights."""
+        energy = self.energy
+        if not (
+            isinstance(energy, MLP)
+            and energy.context_dim == 0
+            and energy.activation in DERIVATIVES
+            and self.share_proposal_samples
+            and self.num_proposals > 1
+            and self.event_ndim == 1
+            and not any(p.requires_grad for p in self.proposal.parameters())
+        ):
+            return None
+        self.check_input(x)
+        batch = x.shape[0]
+        log_pi = self.proposal.log_prob_replicas(x, 1)[0]
+        neg = self.negative_samples(1, batch).reshape(-1, *self.event_shape)
+        u, cache = energy.forward_cached(torch.cat([x, neg.to(x.dtype)]) - self.data_mean)
+        u_x, u_neg = u[:batch, 0], u[batch:]
+        r = snis_log_ratio(u_x, u_neg)
+        bound = snis_bound_from_ratio(log_pi, r, self.num_proposals)
+        weight = torch.sigmoid(r) / batch
+        delta = torch.cat([-weight, torch.softmax(u_neg[:, 0], 0) * weight.sum()]).unsqueeze(-1)
+        self.add_gradients(energy.parameter_gradients(cache, delta.to(u.dtype)))
+        return bound, self._diagnostics(u_x, u_neg) if diagnostics else {}
 
     def _particles(self, n: int, context: Tensor | None, reparameterized: bool):
         sample = self.proposal.rsample if reparameterized else self.proposal.sample

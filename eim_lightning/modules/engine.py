@@ -20,8 +20,9 @@ it, under manual optimisation, and pays Lightning's per-batch cost once per *blo
   under the same step numbers as with N = 1, validation runs after the same steps, and the
   ``on_before_backward`` / ``on_after_backward`` / ``on_before_optimizer_step`` hooks of the
   module and of every callback run at every step; ``on_train_batch_start/end`` run once a block;
-* a non-finite loss or a bad input stops training at the end of the block, before any
-  checkpoint, validation or image, naming the first bad step (one host sync per block);
+* a bad input stops training before the block's first step and a non-finite loss at the end
+  of the block, before any checkpoint, validation or image, naming the first bad step (one host
+  sync per block for each check);
 * on the CPU, N = 1 and N = 8 give bit-identical parameters (tested).
 
 **Compilation** (``compile``; default ``None`` = automatic): the one-step training bound can run
@@ -31,6 +32,16 @@ only where it was measured to pay (a density with ``compile_pays = True``: HIS, 
 is hundreds of small operations, ran 2.6x faster per step compiled on the CPU) and only for runs
 of at least :data:`COMPILE_MIN_STEPS` steps. Steps whose diagnostics are logged run eagerly. If
 compilation fails, training warns once and continues eagerly.
+
+**Closed-form gradients** (``closed_form``; default ``None`` = automatic): where the density
+has a closed form for its training gradient (``Density.closed_form_training_bound``: SNIS and
+LARS with an MLP network and a proposal without parameters), a step computes the bound and the
+parameters' gradients in plain tensor operations, without building an autograd graph: a 2-D
+step is some seventy small operations, and the autograd engine's cost per operation would be
+most of its time. The automatic choice uses it on the CPU (``True``: on any device; ``False``:
+never), not under mixed precision (autocast); the result equals autograd's to rounding (tested
+in float64). Per-step hooks still run; ``on_before_backward`` receives the (graph-less) loss,
+and ``on_after_backward`` sees the gradients in ``.grad`` as usual.
 
 A user's own DataLoader takes the same manual path with N = 1. Lightning's automatic
 optimisation (the closure path, N = 1) is used instead where manual optimisation cannot honour a
@@ -126,19 +137,31 @@ class StepEngineMixin:
 
     The module provides ``step_loss(batch, last) -> (loss, bound, diagnostics_or_None)`` for one
     optimiser step, ``training_bound_only(batch)`` (what is compiled), ``check_batch(batch)``,
+    ``checked_block(steps)`` (checks a block's batches at once; the context the block runs in),
     ``nonfinite_guard(loss)`` (a 0-d flag tensor, nonzero to skip the step, or
     None) and ``after_optimizer_step()``; the engine does the rest.
 
     Args:
         steps_per_block: optimiser steps per Lightning batch for generated data (None: automatic).
         compile: run the training bound through ``torch.compile`` (None: automatic, see the module doc).
+        closed_form: use the density's closed-form training gradients (None: on the CPU where the
+            density has them; see the module doc).
     """
 
-    def __init__(self, steps_per_block: int | None = None, compile: bool | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        steps_per_block: int | None = None,
+        compile: bool | None = None,
+        closed_form: bool | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
-        if compile not in (None, True, False):
-            raise ValueError(f"compile must be None (automatic), True or False, got {compile!r}")
+        for name, value in (("compile", compile), ("closed_form", closed_form)):
+            if value not in (None, True, False):
+                raise ValueError(f"{name} must be None (automatic), True or False, got {value!r}")
         self.compile = compile
+        self.closed_form = closed_form
+        self._closed_form_on = False
         self._compiled_bound = None
         if steps_per_block is not None and (
             isinstance(steps_per_block, bool) or not isinstance(steps_per_block, int) or steps_per_block < 1
@@ -231,6 +254,19 @@ class StepEngineMixin:
         if self.compile or (getattr(density, "compile_pays", False) and self._run_length() >= COMPILE_MIN_STEPS):
             self._compiled_bound = torch.compile(self.training_bound_only)
 
+    def prepare_closed_form(self) -> None:
+        """At ``on_train_start``: whether steps try the density's closed-form gradients (module doc)."""
+        density = getattr(self, "density", None)
+        self._closed_form_on = bool(
+            self.closed_form is not False
+            and not self.automatic_optimization
+            and self._compiled_bound is None
+            and density is not None
+            and self.offers_closed_form()
+            and "mixed" not in str(self.trainer.precision)  # autocast: autograd handles the casts
+            and (self.closed_form or self.device.type == "cpu")
+        )
+
     def compiled_bound(self, batch) -> Tensor | None:
         """The compiled one-step bound of ``batch``, or None (not compiled, or compilation failed)."""
         if self._compiled_bound is None:
@@ -267,24 +303,28 @@ class StepEngineMixin:
         schedulers = self.lr_schedulers()
         schedulers = [] if schedulers is None else schedulers if isinstance(schedulers, list) else [schedulers]
         out = []
-        for i, step_batch in enumerate(steps):
-            loss, bound, diagnostics = self.step_loss(step_batch, last=i == len(steps) - 1)
-            optimizer.zero_grad(set_to_none=True)
-            self._run_hooks("on_before_backward", loss)
-            loss.backward()
-            self._run_hooks("on_after_backward")
-            wrapper._on_before_step()
-            self._run_hooks("on_before_optimizer_step", optimizer)
-            guard = self.nonfinite_guard(loss)
-            if guard is not None and hasattr(optimizer, "step_unless"):
-                optimizer.step_unless(guard)
-            else:
-                optimizer.step()
-            wrapper._on_after_step()
-            for scheduler in schedulers:
-                scheduler.step()
-            self.after_optimizer_step()
-            out.append((loss.detach(), bound.detach(), diagnostics))
+        if not steps:
+            return out
+        with self.checked_block(steps):
+            for i, step_batch in enumerate(steps):
+                optimizer.zero_grad(set_to_none=True)
+                loss, bound, diagnostics = self.step_loss(step_batch, last=i == len(steps) - 1)
+                self._run_hooks("on_before_backward", loss)
+                if loss.requires_grad:  # else the step's gradients were computed in closed form
+                    loss.backward()
+                self._run_hooks("on_after_backward")
+                wrapper._on_before_step()
+                self._run_hooks("on_before_optimizer_step", optimizer)
+                guard = self.nonfinite_guard(loss)
+                if guard is not None and hasattr(optimizer, "step_unless"):
+                    optimizer.step_unless(guard)
+                else:
+                    optimizer.step()
+                wrapper._on_after_step()
+                for scheduler in schedulers:
+                    scheduler.step()
+                self.after_optimizer_step()
+                out.append((loss.detach(), bound.detach(), diagnostics))
         if len(out) > 1:
             # Lightning adds 1 per batch; loggers and log_every_n_steps then count optimiser steps
             trainer.fit_loop.epoch_loop._batches_that_stepped += len(out) - 1

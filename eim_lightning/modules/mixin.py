@@ -42,6 +42,7 @@ estimated, so its value is not a bound).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -49,7 +50,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from ..densities import Density, Normal
-from ..densities.base import check_positive_int
+from ..densities.base import check_positive_int, values_prechecked
 from ..nn import MLP
 from ..optim import Adam
 from .engine import StepEngineMixin, overrides
@@ -220,10 +221,24 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
         """One optimiser step's ``(loss, bound, diagnostics)``; diagnostics only when they will be
         logged (the last step of a Lightning batch whose logs are written), else None."""
         self._diagnostics_wanted = last and self._logs_after_this_step()
-        bound, diagnostics = None if self._diagnostics_wanted else self.compiled_bound(batch), None
-        if bound is None:
-            bound, diagnostics = self.training_bound(batch)
+        closed = None
+        if self._closed_form_on:  # gradients computed along with the bound (see .engine)
+            closed = self.density.closed_form_training_bound(self.unpack_batch(batch), self._diagnostics_wanted)
+        if closed is not None:
+            bound, diagnostics = closed
+        else:
+            bound, diagnostics = None if self._diagnostics_wanted else self.compiled_bound(batch), None
+            if bound is None:
+                bound, diagnostics = self.training_bound(batch)
         return -bound.mean(), bound, diagnostics if self._diagnostics_wanted else None
+
+    def offers_closed_form(self) -> bool:
+        """Whether the density has closed-form training gradients that mean this module's loss:
+        it implements ``closed_form_training_bound`` and the module trains on its
+        ``bound_and_diagnostics`` (``training_bound`` not overridden)."""
+        return overrides(self.density, "closed_form_training_bound", Density) and not overrides(
+            self, "training_bound", BoundEstimatorMixin
+        )
 
     def training_step(self, batch, batch_idx: int) -> Tensor | None:
         if self.automatic_optimization:
@@ -245,11 +260,33 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
         return results[-1][0] if self.automatic_optimization else None
 
     def nonfinite_guard(self, loss: Tensor) -> Tensor | None:
-        """For a checked step: a flag that makes the optimiser skip a non-finite step on device."""
+        """For a checked step: a flag that makes the optimiser skip a non-finite step on device
+        (``loss * 0`` is 0 for a finite loss and NaN otherwise: two operations)."""
         n = self.check_finite_every_n_steps
         if not n or self.global_step % n:
             return None
-        return (~torch.isfinite(loss.detach())).float()
+        return torch.nan_to_num(loss.detach() * 0, nan=1.0).float()  # the fused kernels take float32
+
+    def checked_block(self, steps: list) -> AbstractContextManager:
+        """Check the values of a block's batches at once, before any of its steps (one host
+        sync), and return the context that runs the block without the densities' per-call value
+        checks; a bad batch raises, naming its step. Types and shapes are still checked at every
+        step; batches that differ in shape or dtype are left to those per-step checks."""
+        if not self.validate_inputs:
+            return nullcontext()
+        xs = [self.unpack_batch(batch) for batch in steps]
+        x0 = xs[0]
+        if not x0.is_floating_point() or any(
+            x.shape != x0.shape or x.dtype != x0.dtype or x.device != x0.device for x in xs
+        ):
+            return nullcontext()
+        if not bool(torch.isfinite(torch.stack(xs) if len(xs) > 1 else x0).all()):
+            bad = next(i for i, x in enumerate(xs) if not bool(torch.isfinite(x).all()))
+            raise ValueError(
+                f"{type(self).__name__}: the batch of training step {self.global_step + bad} has "
+                f"{int((~torch.isfinite(xs[bad])).sum())} non-finite (NaN/Inf) values (shape {list(xs[bad].shape)})"
+            )
+        return values_prechecked()
 
     def _check_finite(self, results) -> None:
         """Raise, naming the first checked step whose loss is not finite (one host sync)."""
@@ -313,6 +350,7 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
         self.restore_rng_on_train_start()
         self.align_validation_to_blocks()
         self.prepare_compiled_bound()
+        self.prepare_closed_form()
 
     def on_validation_epoch_start(self) -> None:
         # re-create the metric state in this loop's grad mode: a previous trainer.validate() ran
