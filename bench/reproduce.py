@@ -80,6 +80,7 @@ class RunLog(Callback):
     def __init__(self, path: Path, minutes: float, every: int) -> None:
         self.path, self.interval, self.every = path, 60 * minutes, every
         self.elbo: list[list] = []
+        self.saturated: list[list] = []  # LARS: the fraction of the step's proposal samples with a > 0.99
         self.seconds = 0.0
         self.resumed_at: list[int] = []
         self.started: float | None = None
@@ -94,6 +95,9 @@ class RunLog(Callback):
         # every optimiser step (also inside a block of steps); global_step is this step's index
         if trainer.global_step % self.every == 0:
             self.elbo.append([trainer.global_step, -float(loss.detach())])
+            acceptance = getattr(pl_module.density, "last_acceptance", None)  # LARS: a(z) of this step
+            if acceptance is not None:
+                self.saturated.append([trainer.global_step, float((acceptance > 0.99).float().mean())])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == trainer.max_steps or time.time() - self.saved >= self.interval:
@@ -108,10 +112,16 @@ class RunLog(Callback):
         return self.seconds + (time.time() - self.started if self.started is not None else 0.0)
 
     def state_dict(self) -> dict:
-        return {"elbo": self.elbo, "seconds": self.train_seconds(), "resumed_at": self.resumed_at}
+        return {
+            "elbo": self.elbo,
+            "saturated": self.saturated,
+            "seconds": self.train_seconds(),
+            "resumed_at": self.resumed_at,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.elbo, self.seconds, self.resumed_at = state["elbo"], state["seconds"], state["resumed_at"]
+        self.saturated = state.get("saturated", [])
 
 
 class Row:
@@ -178,6 +188,7 @@ class Row:
             "resumed_at_steps": log.resumed_at,
             "train_elbo_every": self.opts.elbo_every,
             "train_elbo": log.elbo,
+            **({"saturated_fraction": log.saturated} if log.saturated else {}),
         }
 
     def evaluate(self, *overrides: str) -> dict:

@@ -247,7 +247,11 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines)
     print(text)
     if opts.output:
-        Path(opts.output).write_text(text)
+        from images_vs_tf import section  # the TF comparison's section of the page is kept
+
+        path = Path(opts.output)
+        kept = section(path.read_text()) if path.exists() else ""
+        path.write_text(text + ("\n" + kept if kept else ""))
 
 
 if __name__ == "__main__":

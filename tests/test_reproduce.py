@@ -17,11 +17,11 @@ REPO = Path(__file__).resolve().parents[1]
 ROW = "toy2d/snis_nine_gaussians"
 
 
-def _command(tmp_path, runs, steps):
+def _command(tmp_path, runs, steps, row=ROW):
     return [
         sys.executable,
         str(REPO / "bench" / "reproduce.py"),
-        ROW,
+        row,
         "--steps",
         str(steps),
         "--points",
@@ -70,6 +70,15 @@ def test_a_row_is_recorded_once_with_its_fields(tmp_path):
     assert str(tmp_path) not in json.dumps(record) and "/work" not in json.dumps(record)  # no absolute paths
     assert "skipped" in _run(command)
     assert len(_records(tmp_path, "runs")) == 1
+
+
+def test_a_lars_row_records_the_fraction_of_saturated_acceptances_over_training(tmp_path):
+    command = _command(tmp_path, "lars", 20, row="toy2d/lars_nine_gaussians")
+    command[command.index("--") + 1 :] = ["--data.init_args.test_size=200", "--model.init_args.num_z_eval_samples=10000"]
+    _run(command)
+    (record,) = _records(tmp_path, "lars")
+    steps = [s for s, _ in record["saturated_fraction"]]
+    assert steps == [0, 10] and all(0.0 <= f <= 1.0 for _, f in record["saturated_fraction"])
 
 
 @pytest.mark.slow

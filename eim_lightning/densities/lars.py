@@ -103,7 +103,8 @@ class LARS(Density):
         self.register_buffer("z_eval", torch.tensor(math.nan))
         self._z_eval_inputs: list[Tensor] | None = None  # the values z_eval was estimated for
         self._pending_z_s: Tensor | None = None
-        self._last_acceptance: Tensor | None = None
+        #: acceptance probabilities a(z) of the last training step's proposal samples (None before one)
+        self.last_acceptance: Tensor | None = None
         self.register_load_state_dict_post_hook(LARS._restore_z_eval)
 
     def logit(self, x: Tensor, context: Tensor | None = None) -> Tensor:
@@ -123,7 +124,7 @@ class LARS(Density):
         """
         xs = self.proposal.rsample(self.num_z_samples)
         acceptance = torch.sigmoid(self.logit(xs))
-        self._last_acceptance = acceptance.detach()  # for the saturation diagnostic
+        self.last_acceptance = acceptance.detach()  # for the saturation diagnostic
         z_curr = acceptance.mean()
         if extra is not None:
             s = self.num_z_samples
@@ -257,7 +258,7 @@ class LARS(Density):
         estimate = self.log_prob_given_z(x, self.training_z())[0]
         if not diagnostics:
             return estimate, {}
-        saturated = (self._last_acceptance > 0.99).float().mean()
+        saturated = (self.last_acceptance > 0.99).float().mean()
         return estimate, {"z": self._pending_z_s, "z_ema": self.z_ema, "saturated": saturated}
 
     @torch.no_grad()
@@ -287,7 +288,7 @@ class LARS(Density):
         f, cache = net.forward_cached(torch.cat([x, xs.to(x.dtype)]) - self.data_mean)
         f_x, f_z = f[:batch, 0], f[batch:, 0]
         acceptance = torch.sigmoid(f_z)
-        self._last_acceptance = acceptance
+        self.last_acceptance = acceptance
         z_s = (1.0 - self.z_ema_rate) * self.z_ema + self.z_ema_rate * acceptance.mean()
         self._pending_z_s = z_s
         log_geo, last, d_log_geo, d_last = lars_geometry(float(z_s), self.T)
