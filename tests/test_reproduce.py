@@ -74,7 +74,10 @@ def test_a_row_is_recorded_once_with_its_fields(tmp_path):
 
 def test_a_lars_row_records_the_fraction_of_saturated_acceptances_over_training(tmp_path):
     command = _command(tmp_path, "lars", 20, row="toy2d/lars_nine_gaussians")
-    command[command.index("--") + 1 :] = ["--data.init_args.test_size=200", "--model.init_args.num_z_eval_samples=10000"]
+    command[command.index("--") + 1 :] = [
+        "--data.init_args.test_size=200",
+        "--model.init_args.num_z_eval_samples=10000",
+    ]
     _run(command)
     (record,) = _records(tmp_path, "lars")
     steps = [s for s, _ in record["saturated_fraction"]]
