@@ -81,8 +81,35 @@ def report(records: list[dict]) -> str:
             "-2.07 from 10k steps on, with Z near 0.6. On identical parameters, data and samples our LARS objective "
             "and its gradients equal theirs (written in torch) to 6e-8.",
             "",
+            *saturation_section(records),
         ]
     )
+
+
+def saturation_section(records: list[dict]) -> list[str]:
+    """LARS rows that recorded the fraction of saturated acceptances (a > 0.99) over training."""
+    lars = sorted((r for r in records if r.get("saturated_fraction")), key=lambda r: (r["row"], r["seed"]))
+    if not lars:
+        return []
+    marks = (5_000, 10_000, 50_000, 95_000)
+    lines = [
+        "## LARS: saturated acceptances over training",
+        "",
+        "The fraction of a step's T = 128 proposal samples accepted with a > 0.99 (where LARS's only push-down "
+        "term, the gradient of Z, vanishes), recorded every 5,000 steps by `bench/reproduce.py` (runs from the "
+        "commit that added the record; earlier rows did not keep it).",
+        "",
+        "| row | seed | single-replica bound | mean over training | " + " | ".join(f"at {m:,}" for m in marks) + " |",
+        "|---|---|---|---|" + "---|" * len(marks),
+    ]
+    for r in lars:
+        curve = dict(r["saturated_fraction"])
+        at = [min(curve, key=lambda step, m=m: abs(step - m)) for m in marks]
+        lines.append(
+            f"| {r['row']} | {r['seed']} | {r['single_replica_value']:.4f} | "
+            f"{sum(curve.values()) / len(curve):.3f} | " + " | ".join(f"{curve[a]:.3f}" for a in at) + " |"
+        )
+    return [*lines, ""]
 
 
 def main() -> None:
