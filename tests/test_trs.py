@@ -52,10 +52,12 @@ def make_trs(T: int, logit_z: float = 0.0, bound: str = "exact", **kwargs) -> TR
     return trs
 
 
-def q_T(T: int) -> np.ndarray:
-    """The exact truncated density on GRID, the geometric sum written out term by term."""
-    geo = sum((1 - Z) ** t for t in range(T - 1))
-    return PI * (np.exp(LOG_A) * geo + (1 - Z) ** (T - 1))
+def q_T(T: int, a: np.ndarray | None = None) -> np.ndarray:
+    """The exact truncated density on GRID for the acceptance ``a`` on GRID (default sigmoid(F)),
+    the geometric sum written out term by term."""
+    a = np.exp(LOG_A) if a is None else a
+    z = float(trapezoid(PI * a, GRID))
+    return PI * (a * sum((1 - z) ** t for t in range(T - 1)) + (1 - z) ** (T - 1))
 
 
 def enumerated_elbo(log_pi, log_a, e_log1m_a, logit_z, T, form="exact"):
@@ -240,6 +242,28 @@ def test_sample_matches_q_T():
     # power: the same samples reject the untruncated rejection sampler pi a / Z and T = 3
     assert chisquare_pvalue(x, PI * np.exp(LOG_A) / Z) < 1e-6
     assert chisquare_pvalue(x, q_T(3)) < 1e-6
+
+
+class ShiftedSinLogit(nn.Module):
+    """``f(x) + c``: the acceptance logit shifted by the context's first feature."""
+
+    def forward(self, x, context):
+        return 1.5 * torch.sin(2 * x[..., 0]) - 0.5 + context[..., 0]
+
+
+def test_conditional_samples_match_q_T_per_context_column():
+    """Runs go in rounds of 1, 2, 4, ... proposals; a column that accepts early must not end the
+    runs of another column of the same sample row (context shifts the logit by 0 and -3)."""
+    T, n, shifts = 12, 20_000, [0.0, -3.0]
+    trs = TRS(Normal(1), ShiftedSinLogit(), T=T).double()
+    trs.sample_chunk_size = 2 * 3000  # several chunks of rows, rounds cut to fit
+    x = trs.sample(n, context=torch.tensor(shifts, dtype=torch.float64).unsqueeze(-1))
+    assert x.shape == (n, 2, 1)
+    for column, shift in enumerate(shifts):
+        a = special.expit(F + shift)
+        samples = x[:, column, 0].numpy()
+        assert chisquare_pvalue(samples, q_T(T, a)) > 1e-3, shift
+        assert chisquare_pvalue(samples, q_T(4 if shift else 2, a)) < 1e-6, shift  # power
 
 
 def test_T1_samples_are_the_proposal():

@@ -41,26 +41,56 @@ def truncated_rejection_sample(
 ) -> Tensor:
     """``n`` samples of truncated rejection sampling with ``density.T`` proposals per run.
 
-    All T proposals of a run are drawn at once and the first acceptance is found with
-    :func:`~eim_lightning.bounds.first_accepted`; runs are processed in chunks of at most
-    ``density.sample_chunk_size`` proposals. ``accept_logit_fn(x, context)`` maps
-    ``x [T, m, (B), *event]`` to logits ``[T, m, (B)]``. Returns ``[n, (B), *event]``.
+    Runs go in rounds: every run still going draws its next ``r`` proposals at once
+    (``r = 1, 2, 4, ...``, at most the proposals it has left), accepts the first of them whose
+    acceptance coin comes up (:func:`~eim_lightning.bounds.first_accepted`), and the T-th proposal
+    when the first T-1 are rejected. Each run's proposals and coins are drawn one after another as
+    in the sequential sampler, so the law is exactly ``q_T``, while a run that accepts early costs
+    a few proposals instead of T. At most ``density.sample_chunk_size`` proposals are held at once.
+    ``accept_logit_fn(x, context)`` maps ``x [r, m, (B), *event]`` to logits ``[r, m, (B)]``.
+    Returns ``[n, (B), *event]``.
     """
     shape = density._sample_shape(n, context)
-    T = density.T
-    chunk = max(1, density.sample_chunk_size // (T * (shape[1] if context is not None else 1)))
-    out = []
+    width = shape[1] if context is not None else 1
+    rows = max(1, density.sample_chunk_size // width)
     with torch.no_grad():
-        for start in range(0, n, chunk):
-            m = min(chunk, n - start)
-            x = density.proposal.sample(T * m, context)
-            x = x.reshape(T, m, *x.shape[1:])
-            logits = accept_logit_fn(x, context)
-            accept = torch.rand_like(logits) < torch.sigmoid(logits)
-            idx = first_accepted(accept)
-            idx = idx.reshape(1, *idx.shape, *([1] * density.event_ndim)).expand(1, *x.shape[1:])
-            out.append(x.gather(0, idx)[0])
-    return torch.cat(out, 0)
+        return torch.cat(
+            [_rejection_runs(density, accept_logit_fn, min(rows, n - s), context) for s in range(0, n, rows)]
+        )
+
+
+def _rejection_runs(density: Density, accept_logit_fn, m: int, context: Tensor | None) -> Tensor:
+    """``m`` runs of the truncated rejection sampler, in rounds (see :func:`truncated_rejection_sample`)."""
+    T, event_ndim = density.T, density.event_ndim
+    width = context.shape[0] if context is not None else 1
+    out = done = None
+    rows = None  # indices of the runs still going (all of them at first)
+    # on the meta device there are no values to decide on: one round of all T proposals
+    on_meta = any(t.is_meta for t in (*density.parameters(), *density.buffers()))
+    used, r = 0, T if on_meta else 1
+    while used < T:
+        k = m if rows is None else len(rows)
+        r = min(r, T - used, max(1, density.sample_chunk_size // (k * width)))
+        x = density.proposal.sample(r * k, context)
+        x = x.reshape(r, k, *x.shape[1:])
+        logits = accept_logit_fn(x, context)
+        accept = torch.rand_like(logits) < torch.sigmoid(logits)
+        hit = accept.any(0) if used + r < T else torch.ones_like(accept[0])
+        idx = first_accepted(accept)
+        chosen = x.gather(0, idx.reshape(1, *idx.shape, *([1] * event_ndim)).expand(1, *x.shape[1:]))[0]
+        if out is None:
+            out, done = chosen, hit
+        else:
+            fresh = hit & ~done[rows]
+            out[rows] = torch.where(fresh.reshape(*fresh.shape, *([1] * event_ndim)), chosen, out[rows])
+            done[rows] |= hit
+        used, r = used + r, 2 * r
+        if used < T:
+            going = ~done if context is None else ~done.all(-1)
+            rows = going.nonzero().squeeze(-1)
+            if len(rows) == 0:
+                break
+    return out
 
 
 class TRS(Density):

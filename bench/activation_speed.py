@@ -1,0 +1,59 @@
+"""Time torch.tanh against eim_lightning.nn.Tanh (2 sigmoid(2x) - 1 on the CPU) and sigmoid.
+
+    python bench/activation_speed.py [--threads 1]
+
+Prints ns per element, forward and forward+backward, at the sizes of a 2-D step's hidden layer
+(1152 x 20) and an SNIS sampler chunk (16384 x 20). Why: ``nn.Tanh`` docstring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+from eim_lightning.nn import Tanh
+
+
+def per_element(fn, x: torch.Tensor, repeats: int) -> float:
+    fn(x)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn(x)
+    return (time.perf_counter() - start) / repeats / x.numel() * 1e9
+
+
+def forward_backward(act):
+    def run(x):
+        act(x).sum().backward()
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=200)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s)")
+    print("| size | torch.tanh fwd | Tanh fwd | sigmoid fwd | torch.tanh fwd+bwd | Tanh fwd+bwd | (ns/element) |")
+    print("|---|---|---|---|---|---|---|")
+    ours = Tanh()
+    for rows in (1152, 16384):
+        x = torch.randn(rows, 20)
+        xg = x.clone().requires_grad_()
+        cells = [
+            per_element(torch.tanh, x, args.repeats),
+            per_element(ours, x, args.repeats),
+            per_element(torch.sigmoid, x, args.repeats),
+            per_element(forward_backward(torch.tanh), xg, args.repeats),
+            per_element(forward_backward(ours), xg, args.repeats),
+        ]
+        print(f"| {rows} x 20 | " + " | ".join(f"{c:.2f}" for c in cells) + " | |")
+
+
+if __name__ == "__main__":
+    main()

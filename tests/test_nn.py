@@ -1,0 +1,45 @@
+"""eim_lightning.nn.Tanh against numpy's tanh (the oracle) and torch's autograd of it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from eim_lightning.nn import MLP, Tanh
+
+POINTS = np.concatenate([np.linspace(-30, 30, 20001), [0.0, 1e-30, -1e-12, 1e-5, 88.0, -104.0, 1e4, -1e4]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tanh_is_tanh_to_a_few_eps_and_bounded(dtype):
+    x = torch.tensor(POINTS, dtype=dtype)
+    y = Tanh()(x)
+    eps = torch.finfo(dtype).eps
+    exact = np.tanh(x.double().numpy())  # numpy on the rounded inputs
+    assert y.dtype == dtype
+    assert np.abs(y.double().numpy() - exact).max() <= 2 * eps
+    assert y.abs().max() <= 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tanh_gradient_is_one_minus_tanh_squared(dtype):
+    x = torch.tensor(POINTS[::50], dtype=dtype, requires_grad=True)
+    Tanh()(x).sum().backward()
+    expected = 1 - np.tanh(x.detach().double().numpy()) ** 2
+    assert np.abs(x.grad.double().numpy() - expected).max() <= 8 * torch.finfo(dtype).eps
+
+
+def test_tanh_is_torch_tanh_in_bfloat16():
+    x = torch.linspace(-3, 3, 1001, dtype=torch.bfloat16)
+    assert torch.equal(Tanh()(x), torch.tanh(x))
+
+
+def test_mlp_tanh_layers_are_tanh():
+    net = MLP(2, [20, 20], 1).double()
+    x = torch.randn(64, 2, dtype=torch.float64)
+    linears = [m for m in net.net if isinstance(m, torch.nn.Linear)]
+    h = x
+    for linear in linears[:-1]:
+        h = torch.tanh(linear(h))
+    torch.testing.assert_close(net(x), linears[-1](h), rtol=0, atol=1e-14)
