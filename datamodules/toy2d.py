@@ -70,9 +70,11 @@ class NineGaussians(Target):
     plot_limit = 1.6
     std = 0.1
 
+    #: the 9 component means, the grid {-1, 0, 1}^2
+    centres = torch.cartesian_prod(torch.tensor([-1.0, 0.0, 1.0]), torch.tensor([-1.0, 0.0, 1.0]))
+
     def _centres(self, like: Tensor) -> Tensor:
-        g = torch.tensor([-1.0, 0.0, 1.0], dtype=like.dtype, device=like.device)
-        return torch.cartesian_prod(g, g)
+        return self.centres.to(like.dtype)
 
     def log_prob(self, x: Tensor) -> Tensor:
         c = self._centres(x)

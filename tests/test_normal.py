@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy import stats
@@ -151,3 +152,22 @@ def test_log_prob_of_the_wrong_width_and_non_finite_inputs_are_clear_errors():
         ValueError, match=r"^Normal got 2 non-finite \(NaN/Inf\) values in its input of shape \[3, 2\]$"
     ):
         d.log_prob_lower_bound(x)
+
+
+def test_fixed_scale_log_normalizer_follows_the_buffer():
+    """The cached normaliser of a fixed scale is recomputed when the buffer changes in place or
+    is replaced (``.to``); oracle: scipy's normal log-density."""
+    from scipy import stats
+
+    d = Normal(2, loc=0.5, scale=2.0)
+    x = torch.tensor([[0.3, -1.2], [2.0, 0.1]])
+
+    def oracle(scale):
+        return stats.norm.logpdf(x.double().numpy(), 0.5, scale).sum(-1)
+
+    np.testing.assert_allclose(d.log_prob(x).numpy(), oracle(2.0), rtol=1e-6)
+    with torch.no_grad():
+        d.fixed_scale.mul_(1.5)
+    np.testing.assert_allclose(d.log_prob(x).numpy(), oracle(3.0), rtol=1e-6)
+    d = d.double()
+    np.testing.assert_allclose(d.log_prob(x.double()).numpy(), oracle(3.0), rtol=1e-13)

@@ -46,7 +46,15 @@ from torch.utils.checkpoint import checkpoint
 
 from ..ops import chunked_log_mean_exp
 
-__all__ = ["Density", "Particles", "evaluate_net", "check_positive_int", "positive_scale", "values_prechecked"]
+__all__ = [
+    "Density",
+    "Particles",
+    "evaluate_net",
+    "check_positive_int",
+    "has_trainable_parameters",
+    "positive_scale",
+    "values_prechecked",
+]
 
 _values_prechecked = False
 
@@ -117,6 +125,25 @@ def evaluate_net(
     return out
 
 
+def _first_tensor(module: nn.Module, kind: str) -> Tensor | None:
+    """The first tensor of ``module``'s own ``kind`` (``"_parameters"``/``"_buffers"``), then its
+    children's, depth first: the order of ``parameters()``/``buffers()``."""
+    for t in getattr(module, kind).values():
+        if t is not None:
+            return t
+    for child in module._modules.values():
+        if child is not None and (t := _first_tensor(child, kind)) is not None:
+            return t
+    return None
+
+
+def has_trainable_parameters(module: nn.Module) -> bool:
+    """Whether any parameter of ``module`` requires a gradient (without the generators of ``parameters()``)."""
+    if any(p is not None and p.requires_grad for p in module._parameters.values()):
+        return True
+    return any(child is not None and has_trainable_parameters(child) for child in module._modules.values())
+
+
 class Density(nn.Module):
     """Base class of every layer-2 density (see the module docstring for the contract)."""
 
@@ -140,11 +167,10 @@ class Density(nn.Module):
         return len(self._event_shape)
 
     def _reference_tensor(self) -> Tensor | None:
-        for t in self.parameters():
-            return t
-        for t in self.buffers():
-            return t
-        return None
+        """The first parameter (else buffer) in ``parameters()`` order, found without building
+        the module walk's generators (this runs at every training step)."""
+        first = _first_tensor(self, "_parameters")
+        return first if first is not None else _first_tensor(self, "_buffers")
 
     def check_input(self, x: Tensor, context: Tensor | None = None) -> None:
         """Raise a clear error for inputs that are not ``[B, *event_shape]`` finite floats."""

@@ -44,7 +44,7 @@ from torch.nn.functional import logsigmoid
 from ..bounds import lars_geometry, lars_log_prob
 from ..nn import DERIVATIVES, MLP
 from ..ops import as_float32_or_wider
-from .base import Density, check_positive_int, evaluate_net
+from .base import Density, check_positive_int, evaluate_net, has_trainable_parameters
 from .trs import truncated_rejection_sample
 
 __all__ = ["LARS"]
@@ -81,7 +81,7 @@ class LARS(Density):
         z_ema_rate: float = 0.01,
         data_mean: Tensor | None = None,
         eval_chunk_size: int = 64,
-        sample_chunk_size: int = 2**20,
+        sample_chunk_size: int = 2**16,
     ) -> None:
         super().__init__(proposal.event_shape, eval_chunk_size)
         self.T = check_positive_int("T", T)
@@ -279,7 +279,7 @@ class LARS(Density):
             and net.context_dim == 0
             and net.activation in DERIVATIVES
             and self.event_ndim == 1
-            and not any(p.requires_grad for p in self.proposal.parameters())
+            and not has_trainable_parameters(self.proposal)
         ):
             return None
         self.check_input(x)

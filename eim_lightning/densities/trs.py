@@ -112,7 +112,7 @@ class TRS(Density):
         bound: Literal["exact", "authors"] = "exact",
         data_mean: Tensor | None = None,
         eval_chunk_size: int = 64,
-        sample_chunk_size: int = 2**20,
+        sample_chunk_size: int = 2**16,
     ) -> None:
         super().__init__(proposal.event_shape, eval_chunk_size)
         self.T = check_positive_int("T", T)
