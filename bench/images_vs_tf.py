@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=2000, help="training steps per measurement")
     parser.add_argument("--output", default=None)
     opts = parser.parse_args(argv)
-    began = time.perf_counter()
+    began = time.time()
     with_tf = tf_installed()
     lines = [
         HEADING,
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         lines.append("The TF reference is not installed (`bash ../shared/tfref/install.sh`): ours alone.")
         lines.append("")
     command = "python bench/images_vs_tf.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines.append(footer(opts.windows, began, command.strip()))
+    lines.append(footer(opts.windows, began, f"`{command.strip()}`"))
     text = "\n".join(lines)
     print(text)
     if opts.output:
