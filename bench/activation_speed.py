@@ -1,9 +1,10 @@
-"""Time torch.tanh against eim_lightning.nn.Tanh (2 sigmoid(2x) - 1 on the CPU) and sigmoid.
+"""Time torch.tanh against eim_lightning.nn.Tanh and torch's logsigmoid against eim_lightning.ops.log_sigmoid.
 
     python bench/activation_speed.py [--threads 1]
 
 Prints ns per element, forward and forward+backward, at the sizes of a 2-D step's hidden layer
-(1152 x 20) and an SNIS sampler chunk (16384 x 20). Why: ``nn.Tanh`` docstring.
+(1152 x 20) and an SNIS sampler chunk (16384 x 20), and of a VAE's Bernoulli logits (128 x 784).
+Why: the docstrings of ``nn.Tanh`` and ``ops.log_sigmoid``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 import torch
 
 from eim_lightning.nn import Tanh
+from eim_lightning.ops import log_sigmoid
 
 
 def per_element(fn, x: torch.Tensor, repeats: int) -> float:
@@ -53,6 +55,22 @@ def main() -> None:
             per_element(forward_backward(ours), xg, args.repeats),
         ]
         print(f"| {rows} x 20 | " + " | ".join(f"{c:.2f}" for c in cells) + " | |")
+    print()
+    print(
+        "| size | torch logsigmoid fwd | log_sigmoid fwd | torch logsigmoid fwd+bwd | log_sigmoid fwd+bwd "
+        "| (ns/element) |"
+    )
+    print("|---|---|---|---|---|---|")
+    x = torch.randn(128, 784) * 4
+    xg = x.clone().requires_grad_()
+    logsigmoid = torch.nn.functional.logsigmoid
+    cells = [
+        per_element(logsigmoid, x, args.repeats),
+        per_element(log_sigmoid, x, args.repeats),
+        per_element(forward_backward(logsigmoid), xg, args.repeats),
+        per_element(forward_backward(log_sigmoid), xg, args.repeats),
+    ]
+    print("| 128 x 784 | " + " | ".join(f"{c:.2f}" for c in cells) + " | |")
 
 
 if __name__ == "__main__":

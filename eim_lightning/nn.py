@@ -42,19 +42,25 @@ DERIVATIVES = {
 
 
 class Tanh(nn.Module):
-    """``tanh``, computed on the CPU in float32/float64 as ``2 sigmoid(2x) - 1``.
+    """``tanh``; without autograd, on the CPU in float32/float64, computed as ``2 sigmoid(2x) - 1``.
 
-    The same function; on CPUs torch's ``tanh`` kernel takes about 2.4 ns per float32 element
-    against 0.2 ns for ``sigmoid`` (AVX-512 EPYC, torch 2.14; ``bench/activation_speed.py``), and
-    the tanh layers were a fifth of a 2-D training step and half of an SNIS sampler's time. The
-    error is at most a few units of ``eps`` in absolute terms (not relative near 0), below what
-    the next layer's matmul rounds away; the output stays in [-1, 1]. Elsewhere (CUDA, where the
-    kernel is fast, and bfloat16/float16, whose ``2 s - 1`` would cancel) it is ``torch.tanh``.
+    The same function: on these CPUs torch's ``tanh`` kernel takes about 2 ns per float32
+    element on one thread against 0.2 ns for ``sigmoid`` (AVX-512 EPYC, torch 2.14;
+    ``bench/activation_speed.py``), and the tanh layers were a fifth of a closed-form 2-D step
+    and half of an SNIS sampler's time. The error is a few ``eps`` in absolute terms (not
+    relative near 0), below what the next layer's matmul rounds away; the output stays in
+    [-1, 1]. Where autograd records the call, ``torch.tanh``'s one fused backward beats the
+    three of the composite (measured), so it is ``torch.tanh``; likewise on CUDA (a fast
+    kernel) and in bfloat16/float16 (whose ``2 s - 1`` would cancel).
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
-            return torch.sigmoid(x * 2).mul(2).sub_(1)
+        if (
+            x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64)
+            and not (x.requires_grad and torch.is_grad_enabled())
+        ):
+            return torch.sigmoid(x * 2).mul_(2).sub_(1)
         return torch.tanh(x)
 
 

@@ -10,6 +10,8 @@ without host syncs (no branching on tensor values):
   differences such as ``u - logsumexp(u)`` before the huge ``shift`` absorbs the small ``rest``;
 * ``log_mean_exp(x) = logsumexp(x) - log n``;
 * ``log1mexp(a) = log(1 - exp(a))`` for ``a <= 0`` (Maechler 2012), stable at both ends;
+* ``log_sigmoid(x) = log(sigmoid(x))`` from the fast ``sigmoid`` and ``log`` kernels (torch's
+  ``logsigmoid``/``softplus``/``log1p`` kernels are 10x slower on these CPUs);
 * ``chunked_log_mean_exp`` combines ``n`` independent replicas of a per-example
   log-estimate, IWAE style, streaming over chunks with a running log-sum-exp so that peak
   memory depends on the chunk size only.
@@ -33,6 +35,7 @@ __all__ = [
     "logsumexp_parts",
     "log_mean_exp",
     "log1mexp",
+    "log_sigmoid",
     "chunked_log_mean_exp",
 ]
 
@@ -106,6 +109,20 @@ def log1mexp(a: Tensor) -> Tensor:
     a_hi = torch.where(a > cut, a, torch.full_like(a, cut))
     a_lo = torch.where(a > cut, torch.full_like(a, cut), a)
     return torch.where(a > cut, torch.log(-torch.expm1(a_hi)), torch.log1p(-torch.exp(a_lo)))
+
+
+def log_sigmoid(x: Tensor) -> Tensor:
+    """``log sigmoid(x)`` elementwise, as ``log(sigmoid(x))`` for ``x >= -80`` and ``x`` below.
+
+    Above -80 ``sigmoid`` neither underflows (float32 or wider) nor loses relative precision,
+    so the absolute error is a few ``eps``; below, ``log sigmoid(x) = x - log(1 + e^x)`` is ``x``
+    to within ``e^-80``. The gradient is ``1 - sigmoid(x)`` (finite everywhere: the ``log``
+    branch sees ``x`` clamped to -85). On a CPU this is 7-10x faster than ``torch``'s
+    ``logsigmoid``, whose kernel (like ``softplus`` and ``log1p``) is not vectorised here
+    (``bench/activation_speed.py``). float16/bfloat16 inputs are computed in float32.
+    """
+    x = as_float32_or_wider(x)
+    return torch.where(x < -80, x, torch.log(torch.sigmoid(x.clamp_min(-85))))
 
 
 def chunked_log_mean_exp(replicas: Callable[[int], Tensor], num_samples: int, chunk_size: int) -> Tensor:

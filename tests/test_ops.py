@@ -2,11 +2,12 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from eim_lightning.bounds import snis_lower_bound
-from eim_lightning.ops import chunked_log_mean_exp, log1mexp, log_mean_exp, logsumexp
+from eim_lightning.ops import chunked_log_mean_exp, log1mexp, log_mean_exp, log_sigmoid, logsumexp
 
 
 def test_logsumexp_matches_direct_sum():
@@ -95,3 +96,37 @@ def test_chunked_log_mean_exp_rejects_bad_sizes():
         chunked_log_mean_exp(lambda m: torch.zeros(m, 1), 0, 4)
     with pytest.raises(ValueError, match="chunk_size"):
         chunked_log_mean_exp(lambda m: torch.zeros(m, 1), 4, 0)
+
+
+# -- log_sigmoid ----------------------------------------------------------------------------------
+
+LOG_SIGMOID_POINTS = np.concatenate([np.linspace(-120, 60, 36001), [-1e4, -80.0, -79.999, 1e-9, -1e-9, 1e4]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log_sigmoid_matches_scipy_to_a_few_eps(dtype):
+    from scipy.special import log_expit
+
+    x = torch.tensor(LOG_SIGMOID_POINTS, dtype=dtype)
+    got = log_sigmoid(x)
+    exact = log_expit(x.double().numpy())
+    assert got.dtype == dtype
+    # absolute error a few eps, relative error a few eps where the value is large (x << 0)
+    err = np.abs(got.double().numpy() - exact)
+    assert (err <= 4 * torch.finfo(dtype).eps * np.maximum(1.0, np.abs(exact))).all()
+
+
+def test_log_sigmoid_gradient_is_one_minus_sigmoid_and_finite():
+    from scipy.special import expit
+
+    x = torch.tensor(LOG_SIGMOID_POINTS, dtype=torch.float64, requires_grad=True)
+    log_sigmoid(x).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    np.testing.assert_allclose(x.grad.numpy(), expit(-x.detach().numpy()), rtol=1e-12, atol=1e-15)
+
+
+def test_log_sigmoid_of_bfloat16_is_computed_in_float32():
+    x = torch.linspace(-30, 30, 601, dtype=torch.bfloat16)
+    got = log_sigmoid(x)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, torch.nn.functional.logsigmoid(x.float()), rtol=0, atol=1e-6)

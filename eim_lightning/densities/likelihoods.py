@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn.functional import binary_cross_entropy_with_logits
 
+from ..ops import as_float32_or_wider, log_sigmoid
 from .base import LOG_2PI, positive_scale
 
 __all__ = ["Bernoulli", "Gaussian", "make_likelihood", "gumbel_straight_through_bernoulli", "LIKELIHOODS"]
@@ -66,7 +66,11 @@ class Bernoulli(nn.Module):
         self.temperature = temperature
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
-        return -binary_cross_entropy_with_logits(params, x.expand_as(params), reduction="none").sum(-1)
+        """``sum_d [x_d l_d - softplus(l_d)] = sum_d [log sigmoid(l_d) - (1 - x_d) l_d]`` in float32 or wider
+        (:func:`~eim_lightning.ops.log_sigmoid`: a tenth of a VAE step's time went to torch's
+        BCE-with-logits kernel on a CPU)."""
+        logits = as_float32_or_wider(params)
+        return (log_sigmoid(logits) - (1 - x.to(logits.dtype)) * logits).sum(-1)
 
     def mean(self, params: Tensor) -> Tensor:
         return torch.sigmoid(params)
