@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.nn.functional import softplus
 from torch.utils.checkpoint import checkpoint
 
+from ..nn import DERIVATIVES, MLP
 from ..ops import chunked_log_mean_exp
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "evaluate_net",
     "check_positive_int",
     "has_trainable_parameters",
+    "closed_form_applies",
     "positive_scale",
     "values_prechecked",
 ]
@@ -142,6 +144,19 @@ def has_trainable_parameters(module: nn.Module) -> bool:
     if any(p is not None and p.requires_grad for p in module._parameters.values()):
         return True
     return any(child is not None and has_trainable_parameters(child) for child in module._modules.values())
+
+
+def closed_form_applies(density: Density, net: nn.Module) -> bool:
+    """Whether a density's closed-form training step can carry its loss through ``net``: an
+    unconditional :class:`~eim_lightning.nn.MLP` with a known activation derivative, a vector
+    event and a proposal without trainable parameters (what SNIS's and LARS's closed forms share)."""
+    return (
+        isinstance(net, MLP)
+        and net.context_dim == 0
+        and net.activation in DERIVATIVES
+        and density.event_ndim == 1
+        and not has_trainable_parameters(density.proposal)
+    )
 
 
 class Density(nn.Module):

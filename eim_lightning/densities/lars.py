@@ -42,9 +42,8 @@ from torch import Tensor, nn
 from torch.nn.functional import logsigmoid
 
 from ..bounds import lars_geometry, lars_log_prob
-from ..nn import DERIVATIVES, MLP
 from ..ops import as_float32_or_wider
-from .base import Density, check_positive_int, evaluate_net, has_trainable_parameters
+from .base import Density, check_positive_int, closed_form_applies, evaluate_net
 from .trs import truncated_rejection_sample
 
 __all__ = ["LARS"]
@@ -272,15 +271,7 @@ class LARS(Density):
         ``dloss/df(x_b) = -w_b sigmoid(-f(x_b)) / B`` and, through ``Z_curr = mean_j a(z_j)``,
         ``dloss/df(z_j) = -[mean_b w_b dlogS/dZ + (1 - w_b) dn log(1-Z)/dZ] a(z_j)(1 - a(z_j)) / S``."""
         net = self.accept_logit
-        if not (
-            self.training
-            and self.T >= 2
-            and isinstance(net, MLP)
-            and net.context_dim == 0
-            and net.activation in DERIVATIVES
-            and self.event_ndim == 1
-            and not has_trainable_parameters(self.proposal)
-        ):
+        if not (self.training and self.T >= 2 and closed_form_applies(self, net)):
             return None
         self.check_input(x)
         batch, num_z = x.shape[0], self.num_z_samples

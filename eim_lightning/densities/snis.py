@@ -30,9 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from ..bounds import snis_bound_from_ratio, snis_log_ratio, snis_lower_bound, snis_particle_upper_bounds
-from ..nn import DERIVATIVES, MLP
 from ..smc import effective_sample_size
-from .base import Density, check_positive_int, evaluate_net, has_trainable_parameters
+from .base import Density, check_positive_int, closed_form_applies, evaluate_net
 
 __all__ = ["SNIS", "SNISParticles"]
 
@@ -134,15 +133,7 @@ class SNIS(Density):
         ``dloss/dU(x'_j) = softmax_j(U(x')) sum_b sigmoid(r_b)/B``, which the MLP's own backward
         (:meth:`~eim_lightning.nn.MLP.parameter_gradients`) carries to its weights."""
         energy = self.energy
-        if not (
-            isinstance(energy, MLP)
-            and energy.context_dim == 0
-            and energy.activation in DERIVATIVES
-            and self.share_proposal_samples
-            and self.num_proposals > 1
-            and self.event_ndim == 1
-            and not has_trainable_parameters(self.proposal)
-        ):
+        if not (closed_form_applies(self, energy) and self.share_proposal_samples and self.num_proposals > 1):
             return None
         self.check_input(x)
         batch = x.shape[0]

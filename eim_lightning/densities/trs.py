@@ -66,7 +66,8 @@ def _rejection_runs(density: Density, accept_logit_fn, m: int, context: Tensor |
     out = done = None
     rows = None  # indices of the runs still going (all of them at first)
     # on the meta device there are no values to decide on: one round of all T proposals
-    on_meta = any(t.is_meta for t in (*density.parameters(), *density.buffers()))
+    reference = density._reference_tensor()
+    on_meta = reference is not None and reference.is_meta
     used, r = 0, T if on_meta else 1
     while used < T:
         k = m if rows is None else len(rows)
