@@ -61,7 +61,7 @@ def eim(
             "num_z_samples": 1024,
             "num_z_val_samples": 10_000 if pixel else 100_000,
             "num_z_eval_samples": 1_000_000 if pixel else 100_000_000,
-            "z_eval_chunk_size": 4096 if pixel else 65536,
+            "z_eval_chunk_size": 4096 if pixel else 32768,
         }
     else:
         raise ValueError(kind)

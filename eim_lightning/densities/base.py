@@ -83,6 +83,13 @@ class Particles(NamedTuple):
     log_q_upper: Tensor
 
 
+#: Default number of particles (or proposal samples) a sampler or Z estimate holds at once.
+#: Measured on a 2-core CPU (2-D model, 20 hidden units; 50-d LARS prior, 100 hidden units):
+#: 2^13-2^15 run alike, while 2^16 ran 1.3-4x slower, because its ~5 MB temporaries exceed
+#: glibc's heap trim threshold and are returned to the kernel and faulted in again on every chunk.
+SAMPLE_CHUNK_SIZE = 2**15
+
+
 def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
     """Raise a clear ``ValueError`` unless ``value`` is an ``int >= minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

@@ -43,7 +43,7 @@ from torch.nn.functional import logsigmoid
 
 from ..bounds import lars_geometry, lars_log_prob
 from ..ops import as_float32_or_wider
-from .base import Density, check_positive_int, closed_form_applies, evaluate_net
+from .base import SAMPLE_CHUNK_SIZE, Density, check_positive_int, closed_form_applies, evaluate_net
 from .trs import truncated_rejection_sample
 
 __all__ = ["LARS"]
@@ -75,12 +75,12 @@ class LARS(Density):
         num_z_samples: int = 1024,
         num_z_val_samples: int = 10**5,
         num_z_eval_samples: int = 10**8,
-        z_eval_chunk_size: int = 2**16,
+        z_eval_chunk_size: int = SAMPLE_CHUNK_SIZE,
         antithetic: bool = False,
         z_ema_rate: float = 0.01,
         data_mean: Tensor | None = None,
         eval_chunk_size: int = 64,
-        sample_chunk_size: int = 2**16,
+        sample_chunk_size: int = SAMPLE_CHUNK_SIZE,
     ) -> None:
         super().__init__(proposal.event_shape, eval_chunk_size)
         self.T = check_positive_int("T", T)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..bounds import snis_bound_from_ratio, snis_log_ratio, snis_lower_bound, snis_particle_upper_bounds
 from ..smc import effective_sample_size
-from .base import Density, check_positive_int, closed_form_applies, evaluate_net
+from .base import SAMPLE_CHUNK_SIZE, Density, check_positive_int, closed_form_applies, evaluate_net
 
 __all__ = ["SNIS", "SNISParticles"]
 
@@ -55,8 +55,8 @@ class SNIS(Density):
         data_mean: centre subtracted from the energy's input (a buffer; default 0).
         eval_chunk_size: replicas evaluated at once by ``log_prob_lower_bound``.
         sample_chunk_size: bound on ``K * n`` particles held at once by ``sample`` (default
-            2^16: larger chunks of a 2-D model's particles ran 2-5x slower on a CPU, their
-            tensors too large for the cache and freshly mapped on every operation).
+            ``SAMPLE_CHUNK_SIZE`` = 2^15: larger chunks ran several times slower on a CPU, their
+            tensors freshly mapped on every operation).
     """
 
     def __init__(
@@ -67,7 +67,7 @@ class SNIS(Density):
         share_proposal_samples: bool = True,
         data_mean: Tensor | None = None,
         eval_chunk_size: int = 64,
-        sample_chunk_size: int = 2**16,
+        sample_chunk_size: int = SAMPLE_CHUNK_SIZE,
     ) -> None:
         super().__init__(proposal.event_shape, eval_chunk_size)
         self.num_proposals = check_positive_int("num_proposals (K)", num_proposals)

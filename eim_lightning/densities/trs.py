@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.nn.functional import logsigmoid
 
 from ..bounds import first_accepted, trs_lower_bound
-from .base import Density, check_positive_int, evaluate_net
+from .base import SAMPLE_CHUNK_SIZE, Density, check_positive_int, evaluate_net
 
 __all__ = ["TRS", "truncated_rejection_sample"]
 
@@ -113,7 +113,7 @@ class TRS(Density):
         bound: Literal["exact", "authors"] = "exact",
         data_mean: Tensor | None = None,
         eval_chunk_size: int = 64,
-        sample_chunk_size: int = 2**16,
+        sample_chunk_size: int = SAMPLE_CHUNK_SIZE,
     ) -> None:
         super().__init__(proposal.event_shape, eval_chunk_size)
         self.T = check_positive_int("T", T)

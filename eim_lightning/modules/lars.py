@@ -61,7 +61,7 @@ class LARS(BoundEstimatorMixin, L.LightningModule):
         num_z_samples: int = 1024,
         num_z_val_samples: int = 10**5,
         num_z_eval_samples: int = 10**8,
-        z_eval_chunk_size: int = 2**16,
+        z_eval_chunk_size: int = densities.base.SAMPLE_CHUNK_SIZE,
         antithetic: bool = False,
         hidden_sizes: Sequence[int] = (20, 20),
         proposal: densities.Density | None = None,
