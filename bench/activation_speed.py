@@ -3,7 +3,8 @@
     python bench/activation_speed.py [--threads 1]
 
 Prints ns per element, forward and forward+backward, at the sizes of a 2-D step's hidden layer
-(1152 x 20) and an SNIS sampler chunk (16384 x 20), and of a VAE's Bernoulli logits (128 x 784).
+(1152 x 20), an SNIS sampler chunk (16384 x 20), a VAE's hidden layer (128 x 300) and an MNIST
+SNIS prior's energy layer (1152 x 100), and of a VAE's Bernoulli logits (128 x 784).
 Why: the docstrings of ``nn.Tanh`` and ``ops.log_sigmoid``.
 """
 
@@ -44,8 +45,8 @@ def main() -> None:
     print("| size | torch.tanh fwd | Tanh fwd | sigmoid fwd | torch.tanh fwd+bwd | Tanh fwd+bwd | (ns/element) |")
     print("|---|---|---|---|---|---|---|")
     ours = Tanh()
-    for rows in (1152, 16384):
-        x = torch.randn(rows, 20)
+    for rows, width in ((1152, 20), (16384, 20), (128, 300), (1152, 100)):
+        x = torch.randn(rows, width)
         xg = x.clone().requires_grad_()
         cells = [
             per_element(torch.tanh, x, args.repeats),
@@ -54,7 +55,7 @@ def main() -> None:
             per_element(forward_backward(torch.tanh), xg, args.repeats),
             per_element(forward_backward(ours), xg, args.repeats),
         ]
-        print(f"| {rows} x 20 | " + " | ".join(f"{c:.2f}" for c in cells) + " | |")
+        print(f"| {rows} x {width} | " + " | ".join(f"{c:.2f}" for c in cells) + " | |")
     print()
     print(
         "| size | torch logsigmoid fwd | log_sigmoid fwd | torch logsigmoid fwd+bwd | log_sigmoid fwd+bwd "

@@ -9,12 +9,15 @@ import torch
 from eim_lightning.nn import MLP, Tanh
 
 POINTS = np.concatenate([np.linspace(-30, 30, 20001), [0.0, 1e-30, -1e-12, 1e-5, 88.0, -104.0, 1e4, -1e4]])
+# recorded calls of at least 2^16 elements take the autograd.Function path, smaller ones torch.tanh
+SIZES = {"small": 1, "large": 4}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("grad", [False, True])
-def test_tanh_is_tanh_to_a_few_eps_and_bounded(dtype, grad):
-    x = torch.tensor(POINTS, dtype=dtype, requires_grad=grad)
+@pytest.mark.parametrize("size", SIZES)
+def test_tanh_is_tanh_to_a_few_eps_and_bounded(dtype, grad, size):
+    x = torch.tensor(np.tile(POINTS, SIZES[size]), dtype=dtype, requires_grad=grad)
     y = Tanh()(x).detach()
     x = x.detach()
     eps = torch.finfo(dtype).eps
@@ -25,11 +28,22 @@ def test_tanh_is_tanh_to_a_few_eps_and_bounded(dtype, grad):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_tanh_gradient_is_one_minus_tanh_squared(dtype):
-    x = torch.tensor(POINTS[::50], dtype=dtype, requires_grad=True)
+@pytest.mark.parametrize("points", [POINTS[::50], np.tile(POINTS, 4)], ids=["small", "large"])
+def test_tanh_gradient_is_one_minus_tanh_squared(dtype, points):
+    x = torch.tensor(points, dtype=dtype, requires_grad=True)
     Tanh()(x).sum().backward()
     expected = 1 - np.tanh(x.detach().double().numpy()) ** 2
     assert np.abs(x.grad.double().numpy() - expected).max() <= 8 * torch.finfo(dtype).eps
+
+
+def test_large_tanh_second_derivative_is_minus_two_tanh_times_first():
+    """Double backward through the autograd.Function path (HIS differentiates gradients):
+    d^2/dx^2 tanh = -2 tanh(x) (1 - tanh(x)^2)."""
+    x = torch.tensor(np.tile(POINTS, 4), dtype=torch.float64, requires_grad=True)
+    (first,) = torch.autograd.grad(Tanh()(x).sum(), x, create_graph=True)
+    (second,) = torch.autograd.grad(first.sum(), x)
+    t = np.tanh(x.detach().numpy())
+    assert np.abs(second.numpy() - (-2 * t * (1 - t**2))).max() <= 8 * torch.finfo(torch.float64).eps
 
 
 def test_tanh_is_torch_tanh_in_bfloat16():
