@@ -14,6 +14,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import quiet_trainer
 from datamodules import Toy2DDataModule
@@ -311,6 +312,26 @@ def test_short_runs_are_not_compiled_by_default_and_a_failed_compilation_falls_b
     with pytest.warns(UserWarning, match="torch.compile of the training step failed"):
         model = _his_fit(tmp_path, 6, compile=True)
     assert model._compiled_bound is None and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_batch_of_another_shape_than_the_compiled_one_runs_eagerly(tmp_path, monkeypatch):
+    """An epoch's last, partial batch does not recompile the step: it runs eagerly."""
+    from eim_lightning import HIS
+
+    shapes = []
+
+    def recording_compile(fn):
+        def call(batch):
+            shapes.append(tuple(batch[0].shape if isinstance(batch, (list, tuple)) else batch.shape))
+            return fn(batch)
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    data = DataLoader(TensorDataset(torch.randn(10, 2)), batch_size=4)  # batches of 4, 4, 2
+    model = HIS(T=1, compile=True)
+    _trainer(tmp_path, max_epochs=2, log_every_n_steps=100).fit(model, data)
+    assert model.global_step == 6 and shapes == [(4, 2)] * 4
 
 
 @pytest.mark.slow

@@ -282,3 +282,35 @@ def test_eim_fit_then_test_reports_the_test_bound(data_dir, tmp_path):
     test = run("test", "--config", config, "--ckpt_path", str(ckpt), "--model.init_args.num_test_samples=10", *common)
     assert test.returncode == 0, test.stderr[-3000:]
     assert "test/bound" in test.stdout
+
+
+@pytest.mark.parametrize("his_prior", [True, False], ids=["his-prior", "normal-prior"])
+def test_a_vae_with_an_his_prior_compiles_long_runs_like_his(his_prior, make_trainer, monkeypatch):
+    """The step engine's automatic choice compiles a long run's bound where the density says
+    compiling pays; a VAE says so exactly when its prior does (HIS)."""
+    from eim_lightning.modules.engine import COMPILE_MIN_STEPS
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn: compiled.append(fn) or fn)  # record, do not compile
+    prior = D.HIS(D.Normal(4), MLP(4, [8], 1), T=1) if his_prior else None
+    model = VAE(data_dim=16, latent_dim=4, hidden_sizes=(8,), prior=prior)
+    assert model.density.compile_pays is his_prior and D.HIS.compile_pays and not D.Normal.compile_pays
+    data = DataLoader(TensorDataset(torch.bernoulli(torch.full((8, 16), 0.5))), batch_size=4)
+    make_trainer(max_steps=COMPILE_MIN_STEPS, limit_train_batches=1, max_epochs=1).fit(model, data)
+    assert (model._compiled_bound is not None) is his_prior and len(compiled) == int(his_prior)
+
+
+@pytest.mark.slow
+def test_a_compiled_vae_step_with_an_his_prior_is_one_graph(make_trainer):
+    """No graph breaks (the Bernoulli data check runs before the compiled call, not inside it)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    prior = D.HIS(D.Normal(4), MLP(4, [8], 1), T=1)
+    model = VAE(data_dim=16, latent_dim=4, hidden_sizes=(8,), prior=prior, compile=True)
+    data = DataLoader(TensorDataset(torch.bernoulli(torch.full((8, 16), 0.5))), batch_size=4)
+    make_trainer(max_steps=3, log_every_n_steps=100).fit(model, data)
+    assert model._compiled_bound is not None and model.global_step == 3
+    assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"], dict(counters["graph_break"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())

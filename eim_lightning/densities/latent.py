@@ -121,6 +121,13 @@ class LatentVariableModel(Density):
             self.initialize_from_data(self._pending_data_mean)
         del self._pending_data_mean
 
+    @property
+    def compile_pays(self) -> bool:  # type: ignore[override]
+        """Compiling the model's training bound pays where it pays for its prior (an HIS prior's
+        leapfrog: the static-MNIST VAE's step took 7.6 ms compiled against 11.4 ms eager, after
+        about 35 s of compilation, on the 2-core CPU; N(0, I)'s took 5.0 ms eager)."""
+        return self.prior.compile_pays
+
     # -- subclass API ------------------------------------------------------------------------
 
     @property
@@ -163,7 +170,7 @@ class LatentVariableModel(Density):
         if context is not None:
             raise ValueError(f"{type(self).__name__} is unconditional: it takes no context")
         super().check_input(x, context)
-        if self.validate_args:
+        if self.validate_args and not torch.compiler.is_compiling():  # a compiled step's batch: checked before
             self.likelihood.check(x, type(self).__name__)
 
     # -- the bound ---------------------------------------------------------------------------

@@ -30,8 +30,10 @@ through ``torch.compile`` (forward and backward; the optimiser is one fused kern
 costs seconds to minutes of compilation at the first step, so the automatic choice compiles
 only where it was measured to pay (a density with ``compile_pays = True``: HIS, whose leapfrog
 is hundreds of small operations, ran 2.6x faster per step compiled on the CPU) and only for runs
-of at least :data:`COMPILE_MIN_STEPS` steps. Steps whose diagnostics are logged run eagerly. If
-compilation fails, training warns once and continues eagerly.
+of at least :data:`COMPILE_MIN_STEPS` steps. Steps whose diagnostics are logged run eagerly, and
+so does a batch of another shape than the first compiled one (an epoch's last, partial batch:
+recompiling for it took another 30 s on 2 CPU cores, inside the run). If compilation fails,
+training warns once and continues eagerly.
 
 **Closed-form gradients** (``closed_form``; default ``None`` = automatic): where the density
 has a closed form for its training gradient (``Density.closed_form_training_bound``: SNIS and
@@ -162,7 +164,7 @@ class StepEngineMixin:
         self.compile = compile
         self.closed_form = closed_form
         self._closed_form_on = False
-        self._compiled_bound = None
+        self._compiled_bound, self._compiled_shape = None, None
         if steps_per_block is not None and (
             isinstance(steps_per_block, bool) or not isinstance(steps_per_block, int) or steps_per_block < 1
         ):
@@ -247,7 +249,7 @@ class StepEngineMixin:
 
     def prepare_compiled_bound(self) -> None:
         """At ``on_train_start``: compile the one-step training bound where it pays (module doc)."""
-        self._compiled_bound = None
+        self._compiled_bound, self._compiled_shape = None, None
         if self.compile is False or self.automatic_optimization:
             return
         density = getattr(self, "density", None)
@@ -268,8 +270,14 @@ class StepEngineMixin:
         )
 
     def compiled_bound(self, batch) -> Tensor | None:
-        """The compiled one-step bound of ``batch``, or None (not compiled, or compilation failed)."""
+        """The compiled one-step bound of ``batch``, or None (not compiled, compilation failed, or
+        a batch of another shape than the first compiled one: module doc)."""
         if self._compiled_bound is None:
+            return None
+        shape = self.unpack_batch(batch).shape
+        if self._compiled_shape is None:
+            self._compiled_shape = shape
+        elif shape != self._compiled_shape:
             return None
         self.check_batch(batch)  # the values, which the compiled graph does not check
         try:
