@@ -1,8 +1,8 @@
 """Image datamodules: static / dynamic binarized MNIST, binarized and jittered Fashion-MNIST.
 
-Real files (static MNIST, Fashion-MNIST) come from the ``data_dir`` fixture; grayscale MNIST
-exists nowhere offline, so its tests write small IDX files of their own (with ``struct``, an
-oracle independent of the reader under test)."""
+Real files (static MNIST, grayscale MNIST for dynamic MNIST, Fashion-MNIST) come from the
+``data_dir`` fixture; the IDX reader's layouts and edge cases are also tested on small IDX files
+the tests write themselves (with ``struct``, an oracle independent of the reader under test)."""
 
 from __future__ import annotations
 
@@ -137,6 +137,31 @@ def test_static_plain_amat_in_both_locations_and_any_whitespace(data_dir, tmp_pa
     for split in ("train_dataset", "val_dataset", "test_dataset"):
         assert torch.equal(getattr(dm, split).images, getattr(full, split).images)
     assert torch.allclose(dm.data_mean, full.data_mean)
+
+
+# -- dynamic MNIST (real grayscale MNIST files) --------------------------------------------------
+
+
+def test_dynamic_mnist_real_split_mean_and_published_statistics(data_dir):
+    train = oracle_idx_images(data_dir / "mnist" / "train-images-idx3-ubyte.gz")
+    test = oracle_idx_images(data_dir / "mnist" / "t10k-images-idx3-ubyte.gz")
+    # the published grayscale statistics of the 60,000 training images (pixels scaled to [0, 1])
+    assert (len(train), len(test)) == (60_000, 10_000)
+    assert abs(train.mean() / 255 - 0.13066) < 5e-5 and abs((train / 255).std() - 0.30811) < 5e-5
+    dm = BinarizedMNISTDataModule("dynamic", str(data_dir), batch_size=128)
+    dm.setup()
+    assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (50_000, 10_000, 10_000)
+    assert torch.equal(dm.train_dataset.images, torch.from_numpy(train[:50_000].copy()))
+    expected_mean = torch.from_numpy(train[:50_000].astype(np.float64).mean(0) / 255).float()
+    assert torch.allclose(dm.data_mean, expected_mean, atol=1e-6)
+    # validation and test: binarized once (0 -> 0 and 255 -> 1 surely), Bernoulli(gray / 255) on average
+    for fixed, gray in ((dm.val_dataset.images, train[50_000:]), (dm.test_dataset.images, test)):
+        assert set(fixed.unique().tolist()) == {0, 1}
+        assert (fixed[torch.from_numpy(gray == 0)] == 0).all() and (fixed[torch.from_numpy(gray == 255)] == 1).all()
+        assert abs(float(fixed.float().mean()) - gray.mean() / 255) < 1e-3
+    # training batches: fresh binary draws of the grayscale images
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.shape == (128, 784) and set(batch.unique().tolist()) == {0.0, 1.0}
 
 
 # -- Fashion-MNIST (real files) ---------------------------------------------------------------
