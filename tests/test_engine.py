@@ -302,7 +302,7 @@ def _his_fit(tmp_path, steps: int, **kwargs):
 def test_short_runs_are_not_compiled_by_default_and_a_failed_compilation_falls_back(tmp_path, monkeypatch):
     assert _his_fit(tmp_path, 4)._compiled_bound is None  # HIS pays for compilation only in long runs
 
-    def broken(fn):
+    def broken(fn, **options):
         def call(*args, **kwargs):
             raise RuntimeError("no compiler here")
 
@@ -320,7 +320,7 @@ def test_a_batch_of_another_shape_than_the_compiled_one_runs_eagerly(tmp_path, m
 
     shapes = []
 
-    def recording_compile(fn):
+    def recording_compile(fn, **options):
         def call(batch):
             shapes.append(tuple(batch[0].shape if isinstance(batch, (list, tuple)) else batch.shape))
             return fn(batch)

@@ -291,7 +291,7 @@ def test_a_vae_with_an_his_prior_compiles_long_runs_like_his(his_prior, make_tra
     from eim_lightning.modules.engine import COMPILE_MIN_STEPS
 
     compiled = []
-    monkeypatch.setattr(torch, "compile", lambda fn: compiled.append(fn) or fn)  # record, do not compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: compiled.append(fn) or fn)  # record, do not compile
     prior = D.HIS(D.Normal(4), MLP(4, [8], 1), T=1) if his_prior else None
     model = VAE(data_dim=16, latent_dim=4, hidden_sizes=(8,), prior=prior)
     assert model.density.compile_pays is his_prior and D.HIS.compile_pays and not D.Normal.compile_pays

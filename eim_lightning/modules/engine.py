@@ -30,7 +30,8 @@ through ``torch.compile`` (forward and backward; the optimiser is one fused kern
 costs seconds to minutes of compilation at the first step, so the automatic choice compiles
 only where it was measured to pay (a density with ``compile_pays = True``: HIS, whose leapfrog
 is hundreds of small operations, ran 2.6x faster per step compiled on the CPU) and only for runs
-of at least :data:`COMPILE_MIN_STEPS` steps. Steps whose diagnostics are logged run eagerly, and
+of at least :data:`COMPILE_MIN_STEPS` steps; on the CPU with inductor's C++ wrapper (one compiled
+module, faster to build and to call). Steps whose diagnostics are logged run eagerly, and
 so does a batch of another shape than the first compiled one (an epoch's last, partial batch:
 recompiling for it took another 30 s on 2 CPU cores, inside the run). If compilation fails,
 training warns once and continues eagerly.
@@ -254,7 +255,11 @@ class StepEngineMixin:
             return
         density = getattr(self, "density", None)
         if self.compile or (getattr(density, "compile_pays", False) and self._run_length() >= COMPILE_MIN_STEPS):
-            self._compiled_bound = torch.compile(self.training_bound_only)
+            # on the CPU, inductor's C++ wrapper: one compiled module instead of a Python wrapper
+            # around dozens of separately built kernels (measured: the MNIST VAE's HIS-prior step
+            # compiled in 23 s instead of 34 s and ran 7% faster)
+            options = {"cpp_wrapper": True} if self.device.type == "cpu" else None
+            self._compiled_bound = torch.compile(self.training_bound_only, options=options)
 
     def prepare_closed_form(self) -> None:
         """At ``on_train_start``: whether steps try the density's closed-form gradients (module doc)."""
