@@ -264,8 +264,10 @@ NOTES = """## What this is, and what falls short
   spread-out subset: static MNIST's first test images are much easier than its last, so a prefix
   would be biased); the static VAE row was evaluated on both, so the two can be compared.
 * **Not run here**: ConvHVAE with an HIS prior, SNIS and LARS with ConvHVAE proposals,
-  dynamic MNIST (no grayscale MNIST offline), the jittered (Table 2) rows, and Fashion-MNIST beyond
-  the two VAE rows; their configs are in `configs/images/` and train in the tests on small slices.
+  dynamic MNIST (grayscale MNIST is now in `../shared/data/mnist/` and its loader is tested on the real
+  files; the rows are queued: `make reproduce ROWS="dynamic_mnist/vae_gaussian_prior ..." STEPS=50000`),
+  the jittered (Table 2) rows, and Fashion-MNIST beyond the two VAE rows; their configs are in
+  `configs/images/` and train in the tests on small slices.
 * **Paper column**: the LARS paper's numbers as quoted in ALGORITHMS.md section 5 (VAE with N(0, I)
   and with a LARS prior); the EIM paper's own numbers for the TRS/SNIS/HIS priors are not quoted
   there, so those cells are empty (the EIM paper reports them better than or comparable to LARS).
