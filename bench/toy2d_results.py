@@ -33,6 +33,14 @@ ALGOS = ["snis", "trs", "his", "lars", "gaussian"]
 TARGETS = ["checkerboard", "nine_gaussians", "two_rings"]
 LABELS = {"snis": "SNIS", "trs": "TRS", "his": "HIS", "lars": "LARS*", "gaussian": "Gaussian"}
 
+# The authors' code after 20,000 steps at K = 1024, the mean of its last five logged eval_elbo
+# (../shared/tfref/README.md, "2-D quality after 20,000 steps at K = 1024"; their run_all.sh)
+AUTHORS_20K = {
+    "nine_gaussians": {"lars": -2.07, "snis": -1.08, "trs": -0.88, "his": -1.84},
+    "checkerboard": {"lars": -2.48, "snis": -2.52, "trs": -2.60, "his": -2.66},
+    "two_rings": {"lars": -2.00, "snis": -1.96, "trs": -1.99, "his": -2.13},
+}
+
 
 def run_one(algo: str, target: str, steps: int, runs_dir: Path) -> dict:
     """Train and test one config in this process; return and save its record."""
@@ -114,6 +122,19 @@ def write_table(runs_dir: Path, output: Path, images_dir: Path, command: str, op
                 steps.add(r["steps"])
         step_text = ", ".join(str(s) for s in sorted(steps)) or "-"
         lines.append(f"| {target} | " + " | ".join(cells) + f" | {proposal_ll:.3f} | {true_ll:.3f} | {step_text} |")
+    eims = [a for a in ALGOS if a != "gaussian"]
+    lines += [
+        "",
+        "The authors' TF1 code at the same K and steps (`../shared/tfref/README.md`, their `run_all.sh`): the mean",
+        "of its last five logged `eval_elbo` values. For SNIS, TRS and HIS each is a 1000-sample bound on a fresh",
+        "batch of 1,000 target points (5,000 points in all; ours: 1000 replicas on 10,000 fixed test points); for",
+        "LARS it is the log-density with the training (moving-average) Z, where ours estimates Z from 1e8 samples:",
+        "",
+        "| target | " + " | ".join(LABELS[a] for a in eims) + " |",
+        "|---|" + "---|" * len(eims),
+    ]
+    for target in TARGETS:
+        lines.append(f"| {target} | " + " | ".join(f"{AUTHORS_20K[target][a]:.2f}" for a in eims) + " |")
     lines += ["", "Wall time per run (training + test, seconds):", ""]
     lines += ["| target | " + " | ".join(LABELS[a] for a in ALGOS) + " |", "|---|" + "---|" * len(ALGOS)]
     for target in TARGETS:
