@@ -158,8 +158,13 @@ class Adam(torch.optim.Adam):
             if isinstance(lr, torch.Tensor) and lr.device.type == "cpu" and params[0].device.type != "cpu":
                 lr = lr.item()
             beta1, beta2 = group["betas"]
-            # a skipped step does not count (as torch's GradScaler path leaves it)
-            torch._foreach_add_(steps, 1 if found_inf is None else 1 - found_inf)
+            # a skipped step does not count (as torch's GradScaler path leaves it); a list of the one
+            # 0-d increment, not the tensor itself: torch's tensor-scalar overload copies it once per
+            # parameter on the CPU (9.9 us against 5.0 for six parameters)
+            if found_inf is None:
+                torch._foreach_add_(steps, 1)
+            else:
+                torch._foreach_add_(steps, [1 - found_inf] * len(steps))
             torch._fused_adam_(
                 params,
                 grads,
