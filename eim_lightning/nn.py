@@ -51,7 +51,10 @@ def _sigmoid_tanh(x: Tensor) -> Tensor:
 
 class _SigmoidTanh(torch.autograd.Function):
     """``2 sigmoid(2x) - 1`` forward, torch's fused ``tanh_backward`` (``g (1 - y^2)``) backward;
-    twice differentiable (the backward is itself recorded where a graph is built)."""
+    twice differentiable (the backward is itself recorded where a graph is built), and usable
+    under ``torch.func`` transforms (``generate_vmap_rule``)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(x: Tensor) -> Tensor:

@@ -59,3 +59,10 @@ def test_mlp_tanh_layers_are_tanh():
     for linear in linears[:-1]:
         h = torch.tanh(linear(h))
     torch.testing.assert_close(net(x), linears[-1](h), rtol=0, atol=1e-14)
+
+
+def test_large_tanh_under_torch_func_grad_and_vmap():
+    x = torch.tensor(np.tile(POINTS, 4).reshape(2, -1), dtype=torch.float64, requires_grad=True)
+    grads = torch.func.vmap(torch.func.grad(lambda v: Tanh()(v).sum()))(x)
+    t = np.tanh(x.detach().numpy())
+    assert np.abs(grads.numpy() - (1 - t**2)).max() <= 8 * torch.finfo(torch.float64).eps
