@@ -66,3 +66,19 @@ def test_large_tanh_under_torch_func_grad_and_vmap():
     grads = torch.func.vmap(torch.func.grad(lambda v: Tanh()(v).sum()))(x)
     t = np.tanh(x.detach().numpy())
     assert np.abs(grads.detach().numpy() - (1 - t**2)).max() <= 8 * torch.finfo(torch.float64).eps
+
+
+@pytest.mark.parametrize("cols", [1000, 70000], ids=["small", "large"])
+def test_tanh_under_vmap_inside_an_outer_autograd_graph(cols):
+    """Inside vmap a recorded tensor need not say requires_grad: no in-place composite there."""
+    x = torch.tensor(np.resize(POINTS, (2, cols)), dtype=torch.float64, requires_grad=True)
+    torch.func.vmap(Tanh())(x).sum().backward()
+    t = np.tanh(x.detach().numpy())
+    assert np.abs(x.grad.numpy() - (1 - t**2)).max() <= 8 * torch.finfo(torch.float64).eps
+
+
+def test_tanh_without_gradients_is_the_composite():
+    x = torch.tensor(POINTS, dtype=torch.float32)
+    with torch.no_grad():
+        y = Tanh()(x)
+    assert torch.equal(y, torch.sigmoid(x * 2) * 2 - 1)
