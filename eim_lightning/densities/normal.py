@@ -34,6 +34,8 @@ class Normal(Density):
         min_scale: lower limit of a learnable scale.
     """
 
+    exact_log_prob = True
+
     def __init__(
         self,
         dim: int,

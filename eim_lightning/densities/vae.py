@@ -18,6 +18,13 @@ the IWAE bound ``log (1/S) sum_s exp(l_s)`` (see :mod:`.latent`; any prior plugs
 EIM's proposal in pixel space it provides ``log_prob_replicas`` (one-sample bounds) and ``rsample``
 (prior, decoder, Gumbel straight-through Bernoulli with temperature 0.7).
 
+**The latent-model protocol** (ALGORITHMS.md 4): with an exact prior (``N(0, I)``) the VAE offers
+``log_joint(x, z) = log p(x | z) + log p(z)`` and ``latent_dim``, and :meth:`VAE.encoder_density`
+gives its inference network as a :class:`~.conditional_normal.ConditionalNormal` ``q0(z | x)``
+(sharing its parameters and its data centring), so the VAE can be the model of
+:class:`~.iwae.IWAE` and :class:`~.eim_posterior_vae.EIMPosteriorVAE`: the IWAE bound with K
+particles is then this VAE's own ``log_prob_lower_bound(x, K)`` on the same noise.
+
 Shapes: ``x [B, D]``; ``z [m, B, L]``. Reference: Kingma & Welling 2014; Burda et al. 2016;
 Bauer & Mnih 2019; Lawson et al. 2019.
 """
@@ -26,10 +33,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from ..nn import MLP
 from .base import Density
+from .conditional_normal import ConditionalNormal
 from .latent import Inference, LatentVariableModel, gaussian_from, normal_log_prob
 
 __all__ = ["VAE"]
@@ -75,3 +84,43 @@ class VAE(LatentVariableModel):
 
     def _generate(self, z_top: Tensor, reparameterized: bool) -> Tensor:
         return self.decoder(z_top)
+
+    def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
+        """``log p(x, z) = log p(x | z) + log p(z)``: ``[*S, B]`` for ``z [*S, B, L]`` and ``x [B, D]``
+        (or ``[*S, B, D]``).
+
+        Needs a prior with an exact log-density (``N(0, I)``); an EIM prior has only bounds."""
+        if not self.prior.exact_log_prob:
+            raise TypeError(
+                f"{type(self).__name__}.log_joint needs a prior with an exact log-density (e.g. Normal), "
+                f"got a {type(self.prior).__name__} prior, which only bounds log p(z)"
+            )
+        if z.shape[-1:] != (self.latent_dim,) or x.shape[-1:] != self.event_shape:
+            raise ValueError(
+                f"{type(self).__name__}.log_joint takes x [..., {self.event_shape[0]}] and z [..., "
+                f"{self.latent_dim}], got {list(x.shape)} and {list(z.shape)}"
+            )
+        if self.validate_args and not torch.compiler.is_compiling():
+            self.likelihood.check(x, type(self).__name__)
+        return self.likelihood.log_prob(x, self.decoder(z)) + self.prior.log_prob(z)
+
+    def encoder_density(self) -> ConditionalNormal:
+        """The inference network as a density ``q0(z | x)`` over ``[latent_dim]`` with ``context=x``:
+        the same parameters (trained together) and the same input centring as :meth:`_infer`."""
+        return ConditionalNormal(_CentredEncoder(self), self.latent_dim, min_scale=self.min_scale)
+
+
+class _CentredEncoder(nn.Module):
+    """``x -> encoder((x - data_mean) / data_scale)``: the VAE's encoder network, shared.
+
+    It registers the encoder (a parameter shared by two owners is trained once) but keeps the
+    VAE itself unregistered, in a tuple, so the VAE is not a submodule twice; its data mean is read
+    at call time (``.to()`` replaces buffers)."""
+
+    def __init__(self, vae: VAE) -> None:
+        super().__init__()
+        self.encoder = vae.encoder
+        self._vae = (vae,)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.encoder(self._vae[0].encoder_input(x))

@@ -45,11 +45,16 @@ def default_latent_model(data_dim: int, latent_dim: int, model: densities.Densit
 
 
 def default_encoder(
-    data_dim: int, latent_dim: int, hidden_sizes: Sequence[int], encoder: densities.Density | None
+    model: densities.Density, hidden_sizes: Sequence[int], encoder: densities.Density | None
 ) -> densities.Density:
-    """``encoder``, or a Gaussian q0(z|x) whose mean and scale come from a tanh MLP of x."""
+    """``encoder``; else the model's own inference network where it has one (an image
+    :class:`~eim_lightning.densities.VAE`'s ``encoder_density()``); else a Gaussian q0(z|x)
+    whose mean and scale come from a tanh MLP of x."""
     if encoder is not None:
         return encoder
+    if callable(getattr(model, "encoder_density", None)):
+        return model.encoder_density()
+    data_dim, latent_dim = model.event_shape[0], model.latent_dim
     return ConditionalNormal(MLP(data_dim, list(hidden_sizes), 2 * latent_dim), latent_dim)
 
 
@@ -68,8 +73,10 @@ class EIMPosteriorVAE(BoundEstimatorMixin, L.LightningModule):
         his_momentum: ``"standard_normal"`` (``r = N(0, I)``, the Hamiltonian VAE) or ``"learned"``.
         step_size_init, alpha_init: HIS leapfrog step size and tempering, initially.
         mixing_dim: dimension of the semi-implicit families' mixing variable (default: latent_dim).
-        model: the latent-variable model (default: learnable linear-Gaussian).
-        encoder: the proposal q0(z|x) of the EIM posterior (default: Gaussian, MLP).
+        model: the latent-variable model (default: learnable linear-Gaussian); an image
+            :class:`~eim_lightning.densities.VAE` with an ``N(0, I)`` prior works too.
+        encoder: the proposal q0(z|x) of the EIM posterior (default: the model's own encoder where
+            it has one, as the image VAE does; else a Gaussian, MLP).
         posterior: a ready posterior density over z (then no encoder or family options).
         density: a ready :class:`eim_lightning.densities.EIMPosteriorVAE` (then no parts).
         **kwargs: estimator options of :class:`BoundEstimatorMixin` (lr, num_test_samples, ...).
@@ -119,7 +126,7 @@ class EIMPosteriorVAE(BoundEstimatorMixin, L.LightningModule):
                     else None
                 )
                 return SemiImplicit(densities.Normal(dpsi), conditional, reverse, num_reverse_samples=num_proposals)
-            q0 = default_encoder(dx, dz, hidden_sizes, encoder)
+            q0 = default_encoder(latent, hidden_sizes, encoder)
             if posterior_family == "gaussian":
                 return q0
             if posterior_family == "snis":

@@ -35,8 +35,10 @@ class IWAE(BoundEstimatorMixin, L.LightningModule):
         num_particles: K.
         gradient_estimator: ``"standard"`` or ``"dreg"``.
         hidden_sizes: hidden layers of the default encoder.
-        model: the latent-variable model (default: learnable linear-Gaussian).
-        encoder: q0(z|x) with ``rsample_and_log_prob`` (default: Gaussian, MLP).
+        model: the latent-variable model (default: learnable linear-Gaussian); an image
+            :class:`~eim_lightning.densities.VAE` with an ``N(0, I)`` prior works too.
+        encoder: q0(z|x) with ``rsample_and_log_prob`` (default: the model's own encoder where it
+            has one, as the image VAE does; else a Gaussian, MLP).
         density: a ready :class:`eim_lightning.densities.IWAE` (then no parts).
         **kwargs: estimator options of :class:`BoundEstimatorMixin`.
     """
@@ -58,7 +60,7 @@ class IWAE(BoundEstimatorMixin, L.LightningModule):
 
         def build() -> IWAEDensity:
             latent = default_latent_model(data_dim, latent_dim, model)
-            q0 = default_encoder(latent.event_shape[0], latent.latent_dim, hidden_sizes, encoder)
+            q0 = default_encoder(latent, hidden_sizes, encoder)
             return IWAEDensity(latent, q0, num_particles=num_particles, gradient_estimator=gradient_estimator)
 
         self.density = resolve_density(density, {"model": model, "encoder": encoder}, build)
