@@ -448,7 +448,8 @@ RESULTS_TEMPLATE = """# The unification: numbers and figures
 Produced by `{command}` ({machine}). Known bounds as EIM bounds (ALGORITHMS.md section 4); each
 equivalence is checked by a test under `tests/` against an exact oracle, and shown here at larger
 settings. FIVO against the Kalman filter has its own script, `python bench/unify_fivo.py`; all of
-them are demonstrated together in `notebooks/03_unifications.ipynb`.
+them are demonstrated together in `notebooks/03_unifications.ipynb`. The same bounds on the image VAE
+(static MNIST: IWAE, the SNIS and HIS posteriors) are in [RESULTS_UNIFY_IMAGES.md](RESULTS_UNIFY_IMAGES.md).
 
 ## IWAE is the SNIS posterior with energy log w
 
