@@ -11,12 +11,15 @@ training hurt the proposal. This script evaluates the proposal of a finished ``b
 row (its final checkpoint) with the VAE's test protocol (1000 importance samples on all test images)
 and appends a record to ``docs/results_pixel_proposals.jsonl``; ``bench/mnist_results.py`` shows it.
 
-    python bench/pixel_proposals.py static_mnist/snis_vae_proposal --steps 50000 --seed 0
+    python bench/pixel_proposals.py static_mnist/snis_vae_proposal --steps 50000 --seed 0 [-- OVERRIDES]
+
+OVERRIDES: the ``eim`` arguments the row was trained with after ``--`` (they name its run folder).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -42,10 +45,14 @@ def main() -> None:
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--runs", default=str(Path.home() / ".cache" / "eim-runs"), help="bench/reproduce.py's runs")
     parser.add_argument("--threads", type=int, default=1)
-    opts = parser.parse_args()
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    opts, overrides = parser.parse_args(argv[:split]), argv[split + 1 :]
     torch.set_num_threads(opts.threads)
     dataset, row = opts.row.split("/")
-    checkpoint = Path(opts.runs) / dataset / row / f"seed{opts.seed}" / "checkpoints" / "last.ckpt"
+    folder = f"seed{opts.seed}"  # named as bench/reproduce.py names it
+    folder += "-" + hashlib.sha1(" ".join(overrides).encode()).hexdigest()[:8] if overrides else ""
+    checkpoint = Path(opts.runs) / dataset / row / folder / "checkpoints" / "last.ckpt"
     if not checkpoint.exists():
         raise SystemExit(f"no run at {checkpoint}: python bench/reproduce.py {opts.row} --steps {opts.steps}")
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -53,7 +60,7 @@ def main() -> None:
         raise SystemExit(f"{checkpoint} holds {state['global_step']} steps, not {opts.steps}")
     config = REPO / "configs" / "images" / dataset / f"{row}.yaml"
     args = ["--config", str(config), f"--data.init_args.root={opts.data}", f"--data.init_args.seed={opts.seed}"]
-    cli = EIMCLI(args=[*args, "--trainer.logger=false"], save_config_callback=None, run=False)
+    cli = EIMCLI(args=[*args, "--trainer.logger=false", *overrides], save_config_callback=None, run=False)
     cli.model.load_state_dict(state["state_dict"])
     proposal = cli.model.density.proposal
     cli.datamodule.setup("test")
@@ -74,7 +81,10 @@ def main() -> None:
         "minutes": (time.time() - began) / 60,
         "machine": describe(),
         "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-        "command": f"python bench/pixel_proposals.py {opts.row} --steps {opts.steps} --seed {opts.seed}",
+        "command": " ".join(
+            ["python bench/pixel_proposals.py", opts.row, f"--steps {opts.steps} --seed {opts.seed}"]
+            + (["--", *overrides] if overrides else [])
+        ),
     }
     with RECORDS.open("a") as f:
         f.write(json.dumps(record) + "\n")
