@@ -386,3 +386,28 @@ def test_float64_into_float32_model_and_bad_context_raise():
         cond.log_prob_lower_bound(torch.zeros(3, 1), context=torch.zeros(2, 2))
     with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
         snis.log_prob_lower_bound(torch.zeros(3, 1), 0)
+
+
+def test_reparameterize_proposal_samples_false_trains_the_proposal_by_its_data_term_alone():
+    """With the proposal samples' gradient stopped, the proposal's gradient is exactly that of
+    log pi(x) (its data term), the energy's gradient is unchanged (same draws), and the bound's value
+    is the same; with it on (the default) the proposal also learns through its samples."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 2)
+    grads = {}
+    for reparameterize in (True, False):
+        torch.manual_seed(1)
+        proposal = Normal(2, loc=0.3, scale=1.2, learnable=True)
+        snis = SNIS(proposal, MLP(2, [8], 1), num_proposals=16, reparameterize_proposal_samples=reparameterize)
+        torch.manual_seed(2)
+        bound, _ = snis.bound_and_diagnostics(x)
+        grads[reparameterize] = (bound.detach(), torch.autograd.grad(bound.mean(), list(snis.parameters())))
+        data_term = torch.autograd.grad(proposal.log_prob(x).mean(), list(proposal.parameters()))
+    (b_on, g_on), (b_off, g_off) = grads[True], grads[False]
+    torch.testing.assert_close(b_on, b_off)
+    n_proposal = len(data_term)
+    for g, expected in zip(g_off[:n_proposal], data_term):
+        torch.testing.assert_close(g, expected)
+    for g1, g2 in zip(g_on[n_proposal:], g_off[n_proposal:]):
+        torch.testing.assert_close(g1, g2)
+    assert any(not torch.allclose(g, e) for g, e in zip(g_on[:n_proposal], data_term))

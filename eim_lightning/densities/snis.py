@@ -52,6 +52,10 @@ class SNIS(Density):
         energy: network ``[..., *event] -> [...]`` or ``[..., 1]``, the log-weight U (high = probable).
         num_proposals: K >= 1.
         share_proposal_samples: share the K-1 negatives across the batch (unconditional only).
+        reparameterize_proposal_samples: let the training gradient reach the proposal through its
+            samples (``rsample``; for a VAE in pixel space, the Gumbel straight-through sampler), as
+            the authors' default; ``False`` stops it there (their ``--reparameterize_proposal=false``),
+            so a learnable proposal is trained by its data term ``log pi(x)`` alone.
         data_mean: centre subtracted from the energy's input (a buffer; default 0).
         eval_chunk_size: replicas evaluated at once by ``log_prob_lower_bound``.
         sample_chunk_size: bound on ``K * n`` particles held at once by ``sample`` (default
@@ -68,6 +72,7 @@ class SNIS(Density):
         data_mean: Tensor | None = None,
         eval_chunk_size: int = 64,
         sample_chunk_size: int = SAMPLE_CHUNK_SIZE,
+        reparameterize_proposal_samples: bool = True,
     ) -> None:
         super().__init__(proposal.event_shape, eval_chunk_size)
         self.num_proposals = check_positive_int("num_proposals (K)", num_proposals)
@@ -75,6 +80,7 @@ class SNIS(Density):
         self.proposal = proposal
         self.energy = energy
         self.share_proposal_samples = share_proposal_samples
+        self.reparameterize_proposal_samples = reparameterize_proposal_samples
         self.register_data_mean(data_mean)
 
     def log_weight(self, x: Tensor, context: Tensor | None = None) -> Tensor:
@@ -88,10 +94,11 @@ class SNIS(Density):
         n = 1 if context is None and self.share_proposal_samples else batch
         if k1 == 0:
             return self.data_mean.new_empty(0, num_replicas, n, *self.event_shape)
+        draw = self.proposal.rsample if self.reparameterize_proposal_samples else self.proposal.sample
         if context is None:
-            neg = self.proposal.rsample(k1 * num_replicas * n)
+            neg = draw(k1 * num_replicas * n)
         else:
-            neg = self.proposal.rsample(k1 * num_replicas, context)  # [k1*m, B, *event]
+            neg = draw(k1 * num_replicas, context)  # [k1*m, B, *event]
         return neg.reshape(k1, num_replicas, n, *self.event_shape)
 
     def _bound_terms(self, x: Tensor, num_replicas: int, context: Tensor | None):
