@@ -157,19 +157,22 @@ def pixel_proposal_section(rows: list[dict]) -> list[str]:
     lines = []
     for p in found:
 
-        def match(row: str, p=p) -> dict | None:
-            keys = ("dataset", "steps", "seed")
-            hits = [r for r in rows if r["row"] == row and all(r.get(k) == p[k] for k in keys) and "command" in r]
-            hits = [r for r in hits if r["test_points"] == p["test_points"]]
+        def match(row: str, extra: str, p=p) -> dict | None:
+            # records without a seed used the configs' seed 0 (see the top of this page)
+            hits = [r for r in rows if r["row"] == row and r["dataset"] == p["dataset"] and r["steps"] == p["steps"]]
+            hits = [r for r in hits if r.get("seed", 0) == p["seed"] and r["test_points"] == p["test_points"]]
+            hits = [r for r in hits if extra is None or overrides(r) == extra]
             return hits[-1] if hits else None
 
-        eim, alone = match(p["row"]), match("vae_gaussian_prior")
+        extra = p["command"].split(" -- ", 1)[1] if " -- " in p["command"] else ""
+        eim, alone = match(p["row"], extra), match("vae_gaussian_prior", None)
         if eim is None:
             continue
         gain = eim["test_value"] - p["proposal_test_value"]
         alone_nll = "" if alone is None else format(-alone["test_value"], ".2f")
         lines.append(
-            f"| {p['dataset']} | {p['row']} | {p['steps']:,} | {-eim['test_value']:.2f} | "
+            f"| {p['dataset']} | {p['row']}{' (`' + extra + '`)' if extra else ''} | {p['steps']:,} | "
+            f"{-eim['test_value']:.2f} | "
             f"{-p['proposal_test_value']:.2f} | {gain:+.2f} | {alone_nll} |"
         )
     if not lines:
