@@ -199,6 +199,13 @@ def report(check: dict, records: dict[str, dict]) -> str:
     judged = check.get("model_iwae", {})
     for row, (what, k) in ROWS.items():
         r = records.get(row)
+        if r is None and row in judged:  # a run that did not finish: its last checkpoint, judged
+            j = judged[row]
+            lines.append(
+                f"| {row} | {what} | {j['steps']:,} (did not finish: see below) | | | {-j['value']:.2f} | | "
+                f"{j['minutes']:.1f} | `{j['command']}` |"
+            )
+            continue
         if r is None:
             lines.append(f"| {row} | {what} | not run yet | | | | | | |")
             continue
@@ -209,6 +216,16 @@ def report(check: dict, records: dict[str, dict]) -> str:
             f"{'' if iwae is None else f'{iwae:.2f}'} | {r['train_hours']:.2f} | {r['test_minutes']:.1f} | "
             f"`{r['command']}` |"
         )
+    if "his_posterior_vae" in judged and "his_posterior_vae" not in records:
+        lines += [
+            "",
+            "The HIS posterior's run (`python bench/reproduce.py static_mnist/his_posterior_vae --steps 20000 --seed 0 "
+            "-- --model.init_args.num_test_samples=100`) stopped after its checkpoint at step "
+            f"{judged['his_posterior_vae']['steps']:,}: its parameters became NaN at a step whose loss was finite, so",
+            "the loss check did not catch it and the next step's encoder output failed `torch.distributions`'",
+            "argument check. The row shows that last checkpoint's model judged by IWAE-1000; a finished run (a",
+            "smaller HIS step size, or gradient clipping) is still to do.",
+        ]
     machines = sorted({r["machine"] for r in records.values()})
     lines += ["", f"Machines: {'; '.join(machines) if machines else 'none yet'}.", ""]
     return "\n".join(lines)
