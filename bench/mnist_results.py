@@ -326,8 +326,9 @@ points beside the 1000-replica bound. `python bench/reproduce.py --help` has the
 NOTES = """## What this is, and what falls short
 
 * **Training length.** The papers trained for millions of steps (the learning-rate step alone is at
-  1e6); these rows ran 10,000 steps (about 26 epochs) each, and the static and Fashion-MNIST VAE
-  rows with N(0, I) and SNIS priors also 30,000, on a CPU shared with other jobs. The gap to the
+  1e6); the rows here ran 10,000 to 50,000 steps (26 to 128 epochs; the first ones 10,000 each, and
+  the static and Fashion-MNIST VAE rows with N(0, I) and SNIS priors also 30,000), on a CPU shared
+  with other jobs. The gap to the
   paper's NLL is mostly that: from 10k to 30k steps the static test NLL fell by 5.1 (N(0, I) prior)
   and 5.6 nats (SNIS prior), the Fashion-MNIST one by 4.5 and 4.2, and it had not levelled off:
   the single-sample validation ELBO on static MNIST went -104.26, -100.66, -99.04 (N(0, I)) and
