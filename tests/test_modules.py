@@ -315,3 +315,23 @@ def test_lars_density_after_fit_is_evaluated_with_the_evaluation_z(make_trainer)
     with torch.no_grad():
         got = model.density.log_prob_lower_bound(x, num_samples=1000)
     torch.testing.assert_close(got, D.Normal(2).log_prob(x), rtol=0, atol=1e-5)
+
+
+def test_non_finite_gradients_of_a_finite_loss_stop_training_at_the_next_step_with_the_cause(make_trainer, tmp_path):
+    """A step whose loss is finite but whose gradients are NaN updates the weights to NaN; the next
+    step's loss is NaN, training stops there before any checkpoint, and the error says the weights
+    were already non-finite (it does not blame that step's batch)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class NaNGradientsAt(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            if trainer.global_step == 5:
+                next(pl_module.parameters()).grad.fill_(math.nan)
+
+    model = SNIS(num_proposals=4)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5, save_last=True, save_top_k=0)
+    trainer = make_trainer(max_steps=20, callbacks=[NaNGradientsAt(), ckpt], enable_checkpointing=True)
+    with pytest.raises(FloatingPointError, match=r"global step 6 .*parameters were already non-finite"):
+        trainer.fit(model, datamodule=Toy2DDataModule(steps_per_epoch=20))
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 5

@@ -135,3 +135,14 @@ def test_the_eim_posterior_families_train_the_image_vae_on_static_mnist(static_t
         with torch.no_grad():
             after = module.density.log_prob_lower_bound(x, 4).mean()
         assert torch.isfinite(after) and after > before + 5, (type(module.density.posterior).__name__, before, after)
+
+
+def test_a_nan_encoder_gives_a_nan_bound_for_the_loss_check_not_an_argument_error():
+    """NaN weights (a diverged run) must reach the training loop's non-finite check, which names the
+    step; the encoder's log-density must not raise torch.distributions' argument error first."""
+    vae = D.VAE(latent_dim=8, hidden_sizes=(16,))
+    iwae = D.IWAE(vae, vae.encoder_density(), num_particles=3)
+    with torch.no_grad():
+        vae.encoder.net[0].weight.fill_(math.nan)
+    bound, _ = iwae.bound_and_diagnostics((torch.rand(4, 784) < 0.3).float())
+    assert torch.isnan(bound).all()

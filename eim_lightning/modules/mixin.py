@@ -301,9 +301,18 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
         if bool(finite.all()):
             return
         i = checked[int((~finite).nonzero()[0, 0])]
+        # only now, off the hot path: a finite loss with non-finite gradients updates the weights to
+        # NaN, and the loss turns non-finite one step later
+        params_finite = all(bool(torch.isfinite(p).all()) for p in self.parameters())
+        cause = (
+            ""
+            if params_finite
+            else "; the parameters were already non-finite: an earlier step's gradients were non-finite "
+            "although its loss was finite (try a smaller learning rate or step size, or gradient clipping)"
+        )
         raise FloatingPointError(
             f"{type(self).__name__}: non-finite training loss at global step {first_step + i} "
-            f"(train/{self.bound_name} = {(-results[i][0]).item()}); the last checkpoint is left untouched"
+            f"(train/{self.bound_name} = {(-results[i][0]).item()}){cause}; the last checkpoint is left untouched"
         )
 
     def _eval_step(self, batch, metric: MeanMetric, stage: str, num_samples: int) -> None:
