@@ -88,6 +88,11 @@ def main() -> None:
     results["configs"] = train_configs()
     if results["configs"] is not None:
         torch.save(results, out)
+    if torch.distributed.is_initialized():
+        # an explicit, collective shutdown of gloo: left to interpreter exit, its threads once
+        # aborted the process ("terminate called without an active exception") after all results
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 REPO = Path(__file__).resolve().parents[2]
