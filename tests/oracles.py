@@ -30,3 +30,19 @@ class ConstantLogit(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.b.expand(x.shape[:-1])
+
+
+def same_draw_replicas(densities, x, num_replicas: int, seed: int, params=None) -> list:
+    """Each density's ``log_prob_replicas(x, num_replicas)`` drawn from the same seed: a list of
+    values, or of ``(value, gradient of its sum w.r.t. params)`` when ``params`` are given (for
+    identities that must hold draw by draw, such as IWAE and the SNIS posterior with U = log w)."""
+    results = []
+    for density in densities:
+        torch.manual_seed(seed)
+        if params is None:
+            with torch.no_grad():
+                results.append(density.log_prob_replicas(x, num_replicas))
+        else:
+            value = density.log_prob_replicas(x, num_replicas)
+            results.append((value, torch.autograd.grad(value.sum(), params)))
+    return results

@@ -15,6 +15,7 @@ from eim_lightning import densities as D
 from eim_lightning.nn import MLP
 from eim_lightning.ops import log_mean_exp
 from linear_gaussian_oracle import constant_encoder, model_with_diagonal_posterior
+from oracles import same_draw_replicas
 
 
 def _model_and_encoder(seed=0, learnable=False):
@@ -33,13 +34,7 @@ def test_iwae_equals_the_snis_posterior_bound_on_the_same_randomness(K):
     snis_posterior = iwae.as_snis_posterior()
     assert isinstance(snis_posterior.posterior, D.SNIS) and snis_posterior.posterior.num_proposals == K
     x = model.sample(5).detach()
-    params = list(iwae.parameters())
-    results = []
-    for density in (iwae, snis_posterior):
-        torch.manual_seed(7)
-        value = density.log_prob_replicas(x, 3)
-        results.append((value, torch.autograd.grad(value.sum(), params)))
-    (a, ga), (b, gb) = results
+    (a, ga), (b, gb) = same_draw_replicas((iwae, snis_posterior), x, 3, seed=7, params=list(iwae.parameters()))
     torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
     for g1, g2 in zip(ga, gb):
         torch.testing.assert_close(g1, g2, atol=1e-10, rtol=1e-10)

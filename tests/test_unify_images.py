@@ -17,6 +17,7 @@ from eim_lightning import IWAE, EIMPosteriorVAE
 from eim_lightning import densities as D
 from eim_lightning.nn import MLP
 from eim_lightning.ops import log_mean_exp
+from oracles import same_draw_replicas
 
 
 @pytest.fixture(scope="module")
@@ -95,23 +96,13 @@ def test_iwae_of_the_image_vae_is_its_importance_weighted_bound_and_the_snis_pos
     torch.manual_seed(3)
     own = log_mean_exp(vae.log_prob_replicas(x64, K * 4).reshape(K, 4, -1), dim=0)
     torch.testing.assert_close(a, own, atol=1e-9, rtol=0)
-    params = list(iwae.parameters())
-    results = []
-    for density in (iwae, snis_posterior):
-        torch.manual_seed(5)
-        value = density.log_prob_replicas(x64, 2)
-        results.append((value, torch.autograd.grad(value.sum(), params)))
-    (b, gb), (c, gc) = results
+    (b, gb), (c, gc) = same_draw_replicas((iwae, snis_posterior), x64, 2, seed=5, params=list(iwae.parameters()))
     assert (b < -50).all()  # real images, a real bound (not a degenerate constant)
     torch.testing.assert_close(b, c, atol=1e-9, rtol=0)
     for g1, g2 in zip(gb, gc):
         torch.testing.assert_close(g1, g2, atol=1e-7, rtol=1e-7)
     iwae.float()
-    values = []
-    for density in (iwae, snis_posterior):
-        torch.manual_seed(5)
-        with torch.no_grad():
-            values.append(density.log_prob_replicas(x, 2))
+    values = same_draw_replicas((iwae, snis_posterior), x, 2, seed=5)
     ulp = torch.finfo(torch.float32).eps * values[0].abs()
     assert ((values[0] - values[1]).abs() <= 8 * ulp).all()
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import LOG_2PI, Density, check_positive_int, positive_scale
+from .base import Density, check_positive_int, positive_scale
+from .latent import normal_log_prob
 
 __all__ = ["ConditionalNormal"]
 
@@ -67,9 +68,9 @@ class ConditionalNormal(Density):
 
     @staticmethod
     def _log_prob(z: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
-        # written out (not torch.distributions.Normal, whose argument check raises on a NaN mean
-        # before the training loop's own non-finite check can name the step)
-        return (-0.5 * ((z - loc) / scale).square() - torch.log(scale) - 0.5 * LOG_2PI).sum(-1)
+        # not torch.distributions.Normal, whose argument check raises on a NaN mean before the
+        # training loop's own non-finite check can name the step
+        return normal_log_prob((z - loc) / scale, scale)
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """Exact ``log q(z | c)``: ``z [*S, B, D]``, ``context [B, C]`` -> ``[*S, B]``."""
