@@ -130,3 +130,25 @@ def test_log_sigmoid_of_bfloat16_is_computed_in_float32():
     got = log_sigmoid(x)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, torch.nn.functional.logsigmoid(x.float()), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log_sigmoid_second_derivative_is_finite_and_exact(dtype):
+    # HIS differentiates the Bernoulli likelihood's input gradient again; log(sigmoid(x)) left to autograd
+    # divides by sigmoid(x)^2 there, which overflows float32 below x = -44 (inf * 0 = NaN)
+    from scipy.special import expit
+
+    x = torch.tensor(LOG_SIGMOID_POINTS, dtype=dtype, requires_grad=True)
+    (first,) = torch.autograd.grad(log_sigmoid(x).sum(), x, create_graph=True)
+    (second,) = torch.autograd.grad(first.sum(), x)
+    assert torch.isfinite(second).all()
+    xs = x.detach().double().numpy()
+    exact = -expit(xs) * expit(-xs)
+    # absolute error a few eps (the values are at most 1/4 in size)
+    eps = torch.finfo(dtype).eps
+    np.testing.assert_allclose(second.double().numpy(), exact, rtol=8 * eps, atol=eps)
+
+
+def test_log_sigmoid_under_vmap_matches_the_loop():
+    x = torch.randn(3, 5, dtype=torch.float64) * 10
+    torch.testing.assert_close(torch.func.vmap(log_sigmoid)(x), torch.stack([log_sigmoid(row) for row in x]))
