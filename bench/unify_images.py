@@ -210,24 +210,35 @@ def report(check: dict, records: dict[str, dict]) -> str:
             lines.append(f"| {row} | {what} | not run yet | | | | | | |")
             continue
         same = row in ("vae_gaussian_prior", "iwae_vae")
-        iwae = -r["test_value"] if same else (-judged[row]["value"] if row in judged else None)
+        judged_here = row in judged and judged[row]["steps"] == r["steps"]  # not an earlier checkpoint's
+        iwae = -r["test_value"] if same else (-judged[row]["value"] if judged_here else None)
         lines.append(
             f"| {row} | {what} | {r['steps']:,} | {r['num_test_samples']} x {k} | {-r['test_value']:.2f} | "
             f"{'' if iwae is None else f'{iwae:.2f}'} | {r['train_hours']:.2f} | {r['test_minutes']:.1f} | "
             f"`{r['command']}` |"
         )
-    if "his_posterior_vae" in judged and "his_posterior_vae" not in records:
+    hvae = records.get("his_posterior_vae")
+    if hvae is not None and hvae.get("resumed_at_steps"):
+        resumed = ", ".join(f"{s:,}" for s in hvae["resumed_at_steps"])
+        lines += [
+            "",
+            f"The HIS posterior's run was resumed at step {resumed} (the record's `resumed_at_steps`). Its first",
+            "attempt diverged at step 12,347: the encoder's gradients were NaN although the bound was finite.",
+            "The leapfrog differentiates the Bernoulli likelihood's input gradient a second time, and",
+            "log(sigmoid(x)) left to autograd divides by sigmoid(x)^2 there, which overflows float32 for",
+            "logits below -44 (inf x 0 = NaN). `ops.log_sigmoid` now writes its derivative as sigmoid(-x)",
+            "(tested: its second derivative is finite and exact in float32). The run was resumed with that fix",
+            "from its last checkpoint before the divergence; the 12,066 steps before it are the same code up to",
+            "float32 rounding of that derivative.",
+        ]
+    elif "his_posterior_vae" in judged and hvae is None:
         lines += [
             "",
             "The HIS posterior's run (`python bench/reproduce.py static_mnist/his_posterior_vae --steps 20000 --seed 0 "
-            "-- --model.init_args.num_test_samples=100`) stopped after its checkpoint at step "
-            f"{judged['his_posterior_vae']['steps']:,}: its parameters became NaN at a step whose loss was finite, so",
-            "the loss check did not catch it and the next step's encoder output failed `torch.distributions`'",
-            "argument check (since fixed: the encoder's log-density is written out, so the loop's own check",
-            "stops such a run at the next step and says the weights went non-finite). The row shows that last",
-            "checkpoint's model judged by IWAE-1000: 95.80 after 12,066 steps, between the VAE's 97.66 at",
-            "10,000 steps (RESULTS_IMAGES) and 94.23 at 20,000. A finished run (a smaller HIS step size or",
-            "learning rate, or gradient clipping) is still to do.",
+            "-- --model.init_args.num_test_samples=100`) diverged after its checkpoint at step "
+            f"{judged['his_posterior_vae']['steps']:,} (NaN gradients from a finite bound; since fixed in",
+            "`ops.log_sigmoid`); the row shows that checkpoint's model judged by IWAE-1000. Rerun the command to",
+            "resume and finish it.",
         ]
     machines = sorted({r["machine"] for r in records.values()})
     lines += ["", f"Machines: {'; '.join(machines) if machines else 'none yet'}.", ""]
