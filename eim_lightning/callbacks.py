@@ -123,12 +123,22 @@ class DensityImageCallback(L.Callback):
             model_hist = _histogram_panel(density.sample(self.num_samples), g, limit)
         finally:
             density.train(was_training)
-        if target is not None:
-            target_image = _density_panel(target.log_prob(points.cpu().double()).reshape(g, g))
-            target_hist = _histogram_panel(target.sample(self.num_samples, torch.Generator().manual_seed(0)), g, limit)
-        else:
-            target_image = target_hist = torch.ones(3, g, g)
+        target_image, target_hist = self._target_panels(target, points.cpu(), limit)
         return make_grid([target_image, model_image, target_hist, model_hist], nrow=4, padding=2, pad_value=1.0)
+
+    def _target_panels(self, target, points: Tensor, limit: float) -> tuple[Tensor, Tensor]:
+        """The target's density image and histogram (its samples from a fixed seed): the same at every
+        render, so drawn once per target and plotted square."""
+        g = self.grid_size
+        if target is None:
+            return torch.ones(3, g, g), torch.ones(3, g, g)
+        key = (limit, g, self.num_samples)
+        cached = self.__dict__.get("_target_cache")
+        if cached is None or cached[0] is not target or cached[1] != key:
+            image = _density_panel(target.log_prob(points.double()).reshape(g, g))
+            hist = _histogram_panel(target.sample(self.num_samples, torch.Generator().manual_seed(0)), g, limit)
+            cached = self.__dict__["_target_cache"] = (target, key, (image, hist))
+        return cached[2]
 
     @isolate_rng()
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str) -> None:

@@ -37,6 +37,20 @@ def test_target_panels_show_the_checkerboard():
     assert target[28, 4] > target[28, 12]
 
 
+def test_target_panels_are_drawn_once_per_target_and_equal_fresh_ones():
+    cb = DensityImageCallback(grid_size=32, num_samples=2000)
+    model = Gaussian(data_dim=2)
+    checkerboard, rings = make_target("checkerboard"), make_target("nine_gaussians")
+    first = cb.strip(model, target=checkerboard, limit=2.0)
+    again = cb.strip(model, target=checkerboard, limit=2.0)
+    other = cb.strip(model, target=rings, limit=2.0)
+    fresh = DensityImageCallback(grid_size=32, num_samples=2000).strip(model, target=rings, limit=2.0)
+    target_columns = [*range(0, 34), *range(2 * 34, 3 * 34)]  # panels 1 and 3 (and their borders)
+    assert torch.equal(first[:, :, target_columns], again[:, :, target_columns])
+    assert not torch.equal(first[:, :, target_columns], other[:, :, target_columns])
+    assert torch.equal(other[:, :, target_columns], fresh[:, :, target_columns])
+
+
 def test_writes_pngs_and_tensorboard_images(make_trainer, tmp_path):
     from lightning.pytorch.loggers import TensorBoardLogger
 
