@@ -100,7 +100,8 @@ class ImageDataset(Dataset):
     fresh every epoch, and the same bits on a resumed run and with any number of workers. Read
     by a plain index, they come from torch's global generator.
 
-    Items are plain tensors; ``__getitems__`` transforms a whole batch at once.
+    Items are plain tensors; ``dataset[keys]`` with a list of keys (what the training loader passes)
+    and ``__getitems__`` transform a whole batch at once.
     """
 
     def __init__(self, images: Tensor, event_shape: Sequence[int], transform: str = "none", seed: int = 0) -> None:
@@ -111,6 +112,7 @@ class ImageDataset(Dataset):
         self.transform = transform
         self.seed = seed
         self.epoch_keyed = transform != "none"
+        self.reads_batches = True  # dataset[list of keys] is a whole batch (datamodules.loaders.train_loader)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -128,7 +130,10 @@ class ImageDataset(Dataset):
             batch = _transform(self.transform, raw, lambda: torch.rand(raw.shape))
         return batch.view(len(keys), *self.event_shape)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> Tensor:
+    def __getitem__(self, key: int | tuple[int, int] | list) -> Tensor:
+        """One item (an index or an ``(epoch, index)`` pair), or a list of them: a batch ``[B, ...]``."""
+        if isinstance(key, list):
+            return self._read(key)
         return self._read([key])[0]
 
     def __getitems__(self, keys: list) -> list[Tensor]:

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
 __all__ = ["EpochSeededRandomSampler", "counter_uniform", "seed64", "train_loader", "eval_loader"]
 
@@ -114,17 +114,31 @@ class EpochSeededRandomSampler(Sampler):
         return self.n
 
 
+class _Batches(BatchSampler):
+    """Batches of a sampler's keys, handed to the dataset whole (``dataset[keys]``); ``set_epoch``
+    reaches the inner sampler."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if callable(getattr(self.sampler, "set_epoch", None)):
+            self.sampler.set_epoch(epoch)
+
+
 def train_loader(
     dataset: Dataset, batch_size: int | None, seed: int = 0, shuffle: bool = True, trainer=None, **kwargs
 ) -> DataLoader:
     """Training loader: shuffled by ``(seed, epoch)`` and resumable mid-epoch given the
     ``trainer`` (or in order), with its own generator. A dataset with ``epoch_keyed = True``
-    receives ``(epoch, index)`` pairs (see :func:`counter_uniform`)."""
+    receives ``(epoch, index)`` pairs (see :func:`counter_uniform`). A dataset with
+    ``reads_batches = True`` is read a batch at a time, ``dataset[list of keys] -> [B, ...]``,
+    with no per-item collation (the static-MNIST loader: 0.15-0.33 against 0.26-0.52 ms per
+    batch of 128)."""
     tag = getattr(dataset, "epoch_keyed", False)
     sampler = EpochSeededRandomSampler(dataset, seed, batch_size or 1, trainer, tag_epoch=tag) if shuffle else None
-    return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, generator=torch.Generator().manual_seed(seed64(seed)), **kwargs
-    )
+    generator = torch.Generator().manual_seed(seed64(seed))
+    if batch_size is not None and getattr(dataset, "reads_batches", False):
+        batches = _Batches(sampler if sampler is not None else SequentialSampler(dataset), batch_size, drop_last=False)
+        return DataLoader(dataset, batch_size=None, sampler=batches, generator=generator, **kwargs)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator, **kwargs)
 
 
 def eval_loader(dataset: Dataset, batch_size: int, trainer=None, **kwargs) -> DataLoader:

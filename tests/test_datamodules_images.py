@@ -235,7 +235,7 @@ def test_dynamic_bits_are_keyed_by_seed_epoch_and_image(data_dir):
     # the loader's epoch e batches are exactly the keyed reads of its (epoch, index) order
     loader = dm.train_dataloader()
     loader.sampler.set_epoch(7)
-    keys = list(loader.sampler)
+    keys = [key for batch in loader.sampler for key in batch]  # the loader reads whole batches of keys
     assert keys[0][0] == 7 and sorted(i for _, i in keys) == list(range(200))
     assert torch.equal(all_batches(loader), torch.stack(ds.__getitems__(keys)))
     # 2000 epochs of one image: the keyed bits are Bernoulli(p) per pixel (5 standard errors)

@@ -67,6 +67,29 @@ def test_resumed_sampler_follows_the_trainers_epoch_and_skips_consumed_batches()
     assert list(resumed) == list(uninterrupted)[4 * 16 :]
 
 
+@pytest.mark.parametrize("transform", ["none", "binarize"])
+def test_batch_reads_give_the_batches_of_per_item_reads_and_collation(transform):
+    """The training loader reads an ImageDataset a batch at a time; its batches (fresh, after
+    ``set_epoch``, and resumed mid-epoch) are exactly those of DataLoader's per-item reads and
+    default collation over the same sampler, last partial batch included."""
+    from torch.utils.data import DataLoader
+
+    from datamodules.loaders import train_loader
+
+    images = (torch.rand(100, 784) * 255).to(torch.uint8) if transform == "binarize" else torch.rand(100, 784)
+    dataset = ImageDataset(images, (784,), transform=transform, seed=4)
+    for trainer in (None, _Trainer()):
+        batched = train_loader(dataset, 16, seed=2, trainer=trainer)
+        sampler = EpochSeededRandomSampler(dataset, 2, 16, trainer, tag_epoch=dataset.epoch_keyed)
+        per_item = DataLoader(dataset, batch_size=16, sampler=sampler, collate_fn=lambda rows: torch.stack(rows))
+        for epoch in (0, 3):
+            batched.sampler.set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            got, want = list(batched), list(per_item)
+            assert len(got) == len(want) and got[-1].shape[0] == want[-1].shape[0] == 100 % 16
+            assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
 def test_bad_input_is_a_clear_error():
     with pytest.raises(ValueError, match=r"epoch and index must be 1-D of the same length, got \[3\] and \[2\]"):
         counter_uniform(0, torch.zeros(3, dtype=torch.long), torch.arange(2), 4)
