@@ -391,7 +391,7 @@ NOTES = """## What this is, and what falls short
   would be biased); the static VAE row was evaluated on both, so the two can be compared.
 * **Not run here**: the ConvHVAE rows at 50,000 steps (static and dynamic MNIST; about 2 hours of
   training each on this machine), ConvHVAE with an HIS prior, SNIS and LARS with ConvHVAE proposals,
-  the Fashion-MNIST VAE with an HIS prior, and the jittered (Table 2) rows other than those in the table
+  and the jittered (Table 2) rows other than those in the table
   (the jittered rows ran 10,000 steps only; their NLL is in nats on the 0-256 pixel scale, 784 pixels);
   their configs are in `configs/images/` and train in the tests on small slices.
 * **Paper column**: the LARS paper's numbers as quoted in ALGORITHMS.md section 5 (VAE with N(0, I)
@@ -399,7 +399,8 @@ NOTES = """## What this is, and what falls short
   there, so those cells are empty (the EIM paper reports them better than or comparable to LARS).
 * **Train (h)** is wall-clock time on a machine whose load from other jobs varied from 2 to 9 on 2
   cores during these runs, so it compares poorly across rows; `docs/BENCHMARKS_IMAGES.md` has
-  interleaved step timings.
+  interleaved step timings. The Fashion-MNIST HIS-prior row's 1.33 h includes about 50 minutes
+  during which it was paused (SIGSTOP) while benchmarks ran.
 * **LARS** rows report a log-likelihood *estimate* (Z from 1e8 proposal samples in latent space, not
   the LARS paper's 1e10), not a bound.
 * **Fashion-MNIST** trains on 50,000 images (the last 10,000 of the training file are the validation
