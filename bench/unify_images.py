@@ -228,8 +228,8 @@ def report(check: dict, records: dict[str, dict]) -> str:
             "log(sigmoid(x)) left to autograd divides by sigmoid(x)^2 there, which overflows float32 for",
             "logits below -44 (inf x 0 = NaN). `ops.log_sigmoid` now writes its derivative as sigmoid(-x)",
             "(tested: its second derivative is finite and exact in float32). The run was resumed with that fix",
-            "from its last checkpoint before the divergence; the 12,066 steps before it are the same code up to",
-            "float32 rounding of that derivative.",
+            f"from its last checkpoint before the divergence; the {hvae['resumed_at_steps'][0]:,} steps before it are",
+            "the same code up to float32 rounding of that derivative.",
         ]
     elif "his_posterior_vae" in judged and hvae is None:
         lines += [

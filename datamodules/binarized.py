@@ -104,6 +104,9 @@ class ImageDataset(Dataset):
     and ``__getitems__`` transform a whole batch at once.
     """
 
+    #: ``dataset[list of keys]`` is a whole batch (:func:`datamodules.loaders.train_loader` reads it so)
+    reads_batches = True
+
     def __init__(self, images: Tensor, event_shape: Sequence[int], transform: str = "none", seed: int = 0) -> None:
         if transform != "none" and transform not in _TRANSFORMS:
             raise ValueError(f"unknown transform {transform!r}; choose one of {['none', *sorted(_TRANSFORMS)]}")
@@ -112,7 +115,6 @@ class ImageDataset(Dataset):
         self.transform = transform
         self.seed = seed
         self.epoch_keyed = transform != "none"
-        self.reads_batches = True  # dataset[list of keys] is a whole batch (datamodules.loaders.train_loader)
 
     def __len__(self) -> int:
         return self.images.shape[0]
