@@ -1,11 +1,15 @@
-"""Time torch.tanh against eim_lightning.nn.Tanh and torch's logsigmoid against eim_lightning.ops.log_sigmoid.
+"""Time the small kernels eim-lightning chooses between: tanh forms, logsigmoid forms, outer-product sums.
 
     python bench/activation_speed.py [--threads 1]
 
-Prints ns per element, forward and forward+backward, at the sizes of a 2-D step's hidden layer
-(1152 x 20), an SNIS sampler chunk (16384 x 20), a VAE's hidden layer (128 x 300) and an MNIST
-SNIS prior's energy layer (1152 x 100), and of a VAE's Bernoulli logits (128 x 784).
-Why: the docstrings of ``nn.Tanh`` and ``ops.log_sigmoid``.
+Prints ns per element, forward and forward+backward, of torch.tanh, the ``2 sigmoid(2x) - 1``
+composite and ``eim_lightning.nn.Tanh`` at the sizes of HIS's 2-D leapfrog layer (128 x 20), a
+2-D SNIS step's hidden layer (1152 x 20), an SNIS sampler chunk (16384 x 20), a VAE's hidden
+layer (128 x 300) and an MNIST SNIS prior's energy layer (1152 x 100); torch's logsigmoid
+against ``eim_lightning.ops.log_sigmoid`` at a VAE's Bernoulli logits (128 x 784); and
+microseconds of ``left^T right`` for the weight gradients of a 2-D closed-form step's first
+layer, both orientations. Why: the docstrings of ``nn.Tanh``, ``ops.log_sigmoid`` and
+``nn._sum_of_outer_products``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import time
 
 import torch
 
-from eim_lightning.nn import Tanh
+from eim_lightning.nn import Tanh, _sigmoid_tanh
 from eim_lightning.ops import log_sigmoid
 
 
@@ -42,15 +46,24 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s)")
-    print("| size | torch.tanh fwd | Tanh fwd | sigmoid fwd | torch.tanh fwd+bwd | Tanh fwd+bwd | (ns/element) |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| size | torch.tanh fwd | composite fwd | Tanh fwd, no_grad | sigmoid fwd | torch.tanh fwd+bwd "
+        "| Tanh fwd+bwd | (ns/element) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     ours = Tanh()
-    for rows, width in ((1152, 20), (16384, 20), (128, 300), (1152, 100)):
+
+    def unrecorded(x):
+        with torch.no_grad():
+            return ours(x)
+
+    for rows, width in ((128, 20), (1152, 20), (16384, 20), (128, 300), (1152, 100)):
         x = torch.randn(rows, width)
         xg = x.clone().requires_grad_()
         cells = [
             per_element(torch.tanh, x, args.repeats),
-            per_element(ours, x, args.repeats),
+            per_element(_sigmoid_tanh, x, args.repeats),
+            per_element(unrecorded, x, args.repeats),
             per_element(torch.sigmoid, x, args.repeats),
             per_element(forward_backward(torch.tanh), xg, args.repeats),
             per_element(forward_backward(ours), xg, args.repeats),
@@ -72,6 +85,14 @@ def main() -> None:
         per_element(forward_backward(log_sigmoid), xg, args.repeats),
     ]
     print("| 128 x 784 | " + " | ".join(f"{c:.2f}" for c in cells) + " | |")
+    print()
+    print("| left, right | left^T right (us) | (right^T left)^T (us) |")
+    print("|---|---|---|")
+    for n, p_dim, q_dim in ((1536, 20, 2), (1152, 20, 2), (1536, 20, 20)):
+        left, right = torch.randn(n, p_dim), torch.randn(n, q_dim)
+        tall = per_element(lambda a, b=right: a.t().mm(b), left, args.repeats * 10) * left.numel() / 1e3
+        wide = per_element(lambda a, b=right: b.t().mm(a).t(), left, args.repeats * 10) * left.numel() / 1e3
+        print(f"| {n} x {p_dim}, {n} x {q_dim} | {tall:.1f} | {wide:.1f} |")
 
 
 if __name__ == "__main__":

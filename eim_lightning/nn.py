@@ -20,6 +20,18 @@ each layer's output and the backward pass for the parameters written out
 ``delta_{l-1} = (delta_l W_l) * s'(a_{l-1})``), without autograd: a density's closed-form
 training step (``Density.closed_form_training_bound``) uses them where the autograd engine's
 per-operation cost would dominate a small network's step.
+
+:meth:`MLP.input_gradient_cached` and :meth:`MLP.input_gradient_vjp` are the same for the input
+gradient ``g(h) = d net(h) / dh``, which HIS's closed-form step differentiates once more: for a
+cotangent ``v``, ``F = v . g(h)`` is the directional derivative of the network along ``v``,
+computed by the forward-mode (tangent) pass ``adot_l = hdot_{l-1} W_l^T``,
+``hdot_l = s'(a_l) adot_l`` from ``hdot_0 = v`` (``F = W_L hdot_{L-1}``), and its reverse pass
+gives ``dF/dh = H v`` (the Hessian-vector product) and ``dF/dtheta``: with ``gamma_l`` the input
+gradient's chain (``gamma_{L-1} = W_L``, ``gamma_{l-1} = (gamma_l s'(a_l)) W_l``) and
+``delta_l = gamma_l s'(a_l)``, layer by layer from the top (``hbar_{L-1} = 0``)
+``abar_l = hbar_l s'(a_l) + gamma_l s''(a_l) adot_l``, ``hbar_{l-1} = abar_l W_l``,
+``dF/dW_l = delta_l^T hdot_{l-1} + abar_l^T h_{l-1}``, ``dF/db_l = sum_n abar_l`` and
+``dF/dW_L = sum_n hdot_{L-1}`` (``b_L`` gets none).
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MLP", "ACTIVATIONS", "DERIVATIVES", "Tanh"]
+__all__ = ["MLP", "ACTIVATIONS", "DERIVATIVES", "SECOND_DERIVATIVES", "Tanh"]
 
 #: s'(a) of each activation from its pre-activation ``a`` and output ``s(a)``
 DERIVATIVES = {
@@ -40,9 +52,20 @@ DERIVATIVES = {
     "silu": lambda a, s: torch.sigmoid(a) * (1 + a * (1 - torch.sigmoid(a))),
 }
 
+#: s''(a) of each activation from its pre-activation ``a``, output ``s`` and slope ``d = s'(a)``
+SECOND_DERIVATIVES = {
+    "tanh": lambda a, s, d: -2 * s * d,
+    "relu": lambda a, s, d: torch.zeros_like(s),
+    "elu": lambda a, s, d: torch.where(a > 0, torch.zeros_like(s), s + 1),
+    "softplus": lambda a, s, d: d * (1 - d),
+    "silu": lambda a, s, d: torch.sigmoid(a) * (1 - torch.sigmoid(a)) * (2 + a * (1 - 2 * torch.sigmoid(a))),
+}
+
 
 #: Recorded calls at least this large go through :class:`_SigmoidTanh` (see :class:`Tanh`).
 _FUNCTION_MIN_ELEMENTS = 2**16
+#: Unrecorded calls at least this large are the composite (see :class:`Tanh`).
+_COMPOSITE_MIN_ELEMENTS = 2**12
 
 
 def _sigmoid_tanh(x: Tensor) -> Tensor:
@@ -71,29 +94,30 @@ class _SigmoidTanh(torch.autograd.Function):
 
 
 class Tanh(nn.Module):
-    """``tanh``; on the CPU in float32/float64 computed as ``2 sigmoid(2x) - 1`` where gradients
-    are off (no_grad, inference mode) and for large recorded calls.
+    """``tanh``; on the CPU in float32/float64 computed as ``2 sigmoid(2x) - 1`` for calls of at
+    least 2^12 elements where gradients are off (no_grad, inference mode) and for large recorded calls.
 
-    The same function: on these CPUs torch's ``tanh`` kernel takes about 2 ns per float32
-    element on one thread against 0.2 ns for ``sigmoid`` (AVX-512 EPYC, torch 2.14;
-    ``bench/activation_speed.py``), and the tanh layers were a fifth of a closed-form 2-D step
-    and half of an SNIS sampler's time. The error is a few ``eps`` in absolute terms (not
-    relative near 0), below what the next layer's matmul rounds away; the output stays in
-    [-1, 1]. Where autograd records the call on a tensor of at least 2^16 elements, the
-    backward is torch's own fused ``tanh_backward`` of that output (an ``autograd.Function``;
-    the composite's three recorded backward operations were slower than ``torch.tanh``):
-    forward and backward of an MNIST prior's ``[1152, 100]`` layer took 0.73 ns per element
-    against ``torch.tanh``'s 1.35; below 2^16 elements the Function's own per-call cost ate the
-    gain (``[128, 300]``: 1.77 against 1.63; ``bench/activation_speed.py --threads 2``), so
-    smaller recorded calls are ``torch.tanh``. It is ``torch.tanh`` on CUDA (a fast kernel), in
-    bfloat16/float16 (whose ``2 s - 1`` would cancel) and inside ``torch.compile`` (which
-    generates its own vectorised tanh).
+    The same function: on these CPUs torch's ``tanh`` kernel takes about 2 ns per float32 element on
+    one thread against 0.2 ns for ``sigmoid`` (AVX-512 EPYC, torch 2.14;
+    ``bench/activation_speed.py``), and the tanh layers were a fifth of a closed-form 2-D step and
+    half of an SNIS sampler's time. Below 2^12 elements the composite's four calls cost more than
+    ``tanh``'s kernel (the ``128 x 20`` row of ``bench/activation_speed.py``: HIS's 2-D leapfrog
+    layer), so there it is ``torch.tanh``. The error is a few ``eps`` in absolute terms (not
+    relative near 0), below what the next layer's matmul rounds away; the output stays in [-1, 1].
+    Where autograd records the call on a tensor of at least 2^16 elements, the backward is torch's
+    own fused ``tanh_backward`` of that output (an ``autograd.Function``; the composite's three
+    recorded backward operations were slower than ``torch.tanh``): forward and backward of an MNIST
+    prior's ``[1152, 100]`` layer took 0.73 ns per element against ``torch.tanh``'s 1.35; below 2^16
+    elements the Function's own per-call cost ate the gain (``[128, 300]``: 1.77 against 1.63;
+    ``bench/activation_speed.py --threads 2``), so smaller recorded calls are ``torch.tanh``. It is
+    ``torch.tanh`` on CUDA (a fast kernel), in bfloat16/float16 (whose ``2 s - 1`` would cancel) and
+    inside ``torch.compile`` (which generates its own vectorised tanh).
     """
 
     def forward(self, x: Tensor) -> Tensor:
         if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling():
             if not torch.is_grad_enabled():  # nothing records: the in-place composite
-                return _sigmoid_tanh(x)
+                return _sigmoid_tanh(x) if x.numel() >= _COMPOSITE_MIN_ELEMENTS else torch.tanh(x)
             if x.requires_grad and x.numel() >= _FUNCTION_MIN_ELEMENTS:
                 return _SigmoidTanh.apply(x)
         return torch.tanh(x)  # also where autograd may record a tensor that does not say so (vmap)
@@ -107,6 +131,13 @@ ACTIVATIONS = {
     "softplus": nn.Softplus,
     "silu": nn.SiLU,
 }
+
+
+def _sum_of_outer_products(left: Tensor, right: Tensor) -> Tensor:
+    """``left^T right`` ``[P, Q]`` of ``[N, P]`` and ``[N, Q]``; as ``(right^T left)^T`` (a
+    transposed view) when ``Q < P``: MKL took about 3x longer for the tall result (a 2-D network's
+    first layer, ``[20, 2]``; the last table of ``bench/activation_speed.py``)."""
+    return right.t().mm(left).t() if right.shape[1] < left.shape[1] else left.t().mm(right)
 
 
 class MLP(nn.Module):
@@ -185,13 +216,13 @@ class MLP(nn.Module):
                 f"parameter_gradients needs an activation in {sorted(DERIVATIVES)}, got {self.activation!r}"
             )
         derivative = DERIVATIVES[self.activation]
-        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        linears = self._linears()
         grads: list[tuple[Tensor, Tensor]] = []
         for i in reversed(range(len(linears))):
             linear, h_in = linears[i], cache[2 * i]
             if linear.bias is not None:
                 grads.append((linear.bias, delta.sum(0)))
-            grads.append((linear.weight, delta.t().mm(h_in)))
+            grads.append((linear.weight, _sum_of_outer_products(delta, h_in)))
             if i == 0:
                 break
             delta = delta.mm(linear.weight)
@@ -203,20 +234,73 @@ class MLP(nn.Module):
 
     def input_gradient(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """``d net(x, c) / dx`` of a scalar MLP, ``[..., in_dim]``, differentiable (see the module doc)."""
+        g, _ = self.input_gradient_cached(self._input(x, context))
+        return g.expand(*x.shape[:-1], g.shape[-1])[..., : self.in_dim]
+
+    def input_gradient_cached(self, h: Tensor) -> tuple[Tensor, list[list[Tensor]]]:
+        """The input gradient ``d net(h) / dh`` of a scalar MLP at its full input ``h [..., in]``
+        (``[1, in]`` for a network without hidden layers) and, per hidden layer, what
+        :meth:`input_gradient_vjp` needs: ``[h_in, a, s, s'(a), gamma, delta]`` (module doc)."""
         if not self.has_input_gradient:
             raise ValueError(
                 f"input_gradient needs out_dim == 1 and an activation in {sorted(DERIVATIVES)}; "
                 f"this MLP has out_dim={self.out_dim}, activation={self.activation!r}"
             )
         derivative = DERIVATIVES[self.activation]
-        linears = [m for m in self.net if isinstance(m, nn.Linear)]
-        h = self._input(x, context)
-        slopes = []
+        linears = self._linears()
+        layers: list[list[Tensor]] = []
         for linear in linears[:-1]:
             a = linear(h)
-            h = self.net[2 * len(slopes) + 1](a)
-            slopes.append(derivative(a, h))
+            s = self.net[2 * len(layers) + 1](a)
+            layers.append([h, a, s, derivative(a, s)])
+            h = s
         g = linears[-1].weight  # [1, H_last]
-        for linear, slope in zip(reversed(linears[:-1]), reversed(slopes)):
-            g = (g * slope) @ linear.weight
-        return g.expand(*x.shape[:-1], g.shape[-1])[..., : self.in_dim]
+        for linear, layer in zip(reversed(linears[:-1]), reversed(layers)):
+            delta = g * layer[3]
+            layer += [g, delta]
+            g = delta @ linear.weight
+        return g, layers
+
+    def input_gradient_vjp(self, cache: list[list[Tensor]], v: Tensor) -> tuple[Tensor, list]:
+        """For a cotangent ``v [N, in]`` of :meth:`input_gradient_cached`'s gradient (at ``[N, in]``
+        inputs): ``d(v . g)/dh = H v`` ``[N, in]`` and this evaluation's terms of ``d(v . g)/dtheta``,
+        which :meth:`input_gradient_parameter_gradients` sums over evaluations (module doc)."""
+        if self.activation not in SECOND_DERIVATIVES:
+            raise ValueError(
+                f"input_gradient_vjp needs an activation in {sorted(SECOND_DERIVATIVES)}, got {self.activation!r}"
+            )
+        second = SECOND_DERIVATIVES[self.activation]
+        linears = self._linears()
+        hdot, dots = v, []
+        for linear, layer in zip(linears, cache):  # the tangent pass
+            adot = hdot.mm(linear.weight.t())
+            dots.append((hdot, adot))
+            hdot = layer[3] * adot
+        terms: list = [hdot]  # W_L's: sum_n hdot_{L-1}
+        hbar = None
+        for i in reversed(range(len(cache))):
+            h_in, a, s, slope, gamma, delta = cache[i]
+            hdot_in, adot = dots[i]
+            abar = gamma * second(a, s, slope) * adot
+            if hbar is not None:
+                abar = torch.addcmul(abar, hbar, slope)
+            terms.append((delta, hdot_in, abar, h_in))
+            hbar = abar.mm(linears[i].weight)
+        return (torch.zeros_like(v) if hbar is None else hbar), terms
+
+    def input_gradient_parameter_gradients(self, evaluations: list[list]) -> list[tuple[Tensor, Tensor]]:
+        """``(parameter, gradient)`` of ``sum_k v_k . g(h_k)`` from the terms of
+        :meth:`input_gradient_vjp` at each evaluation ``k``: one matrix product per layer."""
+        linears = self._linears()
+        grads = [(linears[-1].weight, torch.cat([terms[0] for terms in evaluations]).sum(0, keepdim=True))]
+        for depth, linear in enumerate(reversed(linears[:-1]), start=1):
+            parts = [terms[depth] for terms in evaluations]
+            left = torch.cat([t for delta, _, abar, _ in parts for t in (delta, abar)])
+            right = torch.cat([t for _, hdot_in, _, h_in in parts for t in (hdot_in, h_in)])
+            grads.append((linear.weight, _sum_of_outer_products(left, right)))
+            if linear.bias is not None:
+                grads.append((linear.bias, torch.cat([abar for _, _, abar, _ in parts]).sum(0)))
+        return grads
+
+    def _linears(self) -> list[nn.Linear]:
+        return [m for m in self.net if isinstance(m, nn.Linear)]

@@ -1,7 +1,8 @@
 """Closed-form training gradients (``Density.closed_form_training_bound``, ``MLP.parameter_gradients``,
-``bounds.lars_geometry``): each is checked against autograd of the reference implementation on
-the same random draws, in float64, and against finite differences where autograd itself is
-what the closed form replaces (the MLP's backward)."""
+``MLP.input_gradient_vjp``, ``integrators.leapfrog_reverse_vjp``, ``bounds.lars_geometry``): each is
+checked against autograd of the reference implementation on the same random draws, in float64,
+and against finite differences where autograd itself is what the closed form replaces (the
+MLP's backward and its Hessian-vector products)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import quiet_trainer
 from datamodules import Toy2DDataModule
-from eim_lightning import LARS, SNIS, TRS
+from eim_lightning import HIS, LARS, SNIS, TRS
 from eim_lightning import densities as D
 from eim_lightning.bounds import lars_geometry, lars_log_prob
-from eim_lightning.nn import DERIVATIVES, MLP
+from eim_lightning.integrators import LeapfrogTape, leapfrog_reverse, leapfrog_reverse_vjp
+from eim_lightning.modules.engine import CLOSED_FORM_COMPILE_MIN_STEPS, COMPILE_MIN_STEPS
+from eim_lightning.nn import DERIVATIVES, MLP, SECOND_DERIVATIVES
 
 
 @pytest.mark.parametrize("activation", sorted(DERIVATIVES))
@@ -47,6 +50,60 @@ def test_mlp_parameter_gradients_are_the_chain_rule(activation, output_bias):
     assert abs(float((up - down) / (2 * eps)) - float(pairs[0][1][0, 0])) < 1e-7
 
 
+@pytest.mark.parametrize("activation", sorted(SECOND_DERIVATIVES))
+@pytest.mark.parametrize("hidden", [[5, 4], [6], []], ids=["two-hidden", "one-hidden", "linear"])
+def test_mlp_input_gradient_vjp_is_the_hessian_vector_product(activation, hidden):
+    torch.manual_seed(0)
+    net = MLP(3, hidden, 1, activation=activation, output_bias=False).double()
+    h = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(7, 3, dtype=torch.float64)
+    g, cache = net.input_gradient_cached(h)
+    (g_ref,) = torch.autograd.grad(net(h).sum(), h, create_graph=True)
+    torch.testing.assert_close(g.expand_as(h), g_ref, rtol=1e-12, atol=1e-14)
+    with torch.no_grad():
+        h_bar, terms = net.input_gradient_vjp([[t.detach() for t in layer] for layer in cache], v)
+        pairs = net.input_gradient_parameter_gradients([terms, terms])  # two evaluations: twice the sum
+    params = list(net.parameters())
+    expected = torch.autograd.grad((g_ref * v).sum(), [h, *params], allow_unused=True)
+    # None where autograd has no path (a linear network's input, relu's first-layer bias): zero
+    expected = [torch.zeros_like(t) if e is None else e for t, e in zip([h, *params], expected)]
+    torch.testing.assert_close(h_bar, expected[0], rtol=1e-10, atol=1e-12)
+    got = {id(p): grad for p, grad in pairs}
+    for p, want in zip(params, expected[1:]):
+        torch.testing.assert_close(got[id(p)], 2 * want, rtol=1e-10, atol=1e-12)
+    # Hv against central differences of the closed-form gradient (independent of autograd)
+    u, eps = torch.randn(7, 3, dtype=torch.float64), 1e-6
+    with torch.no_grad():
+        up = (net.input_gradient(h + eps * u) * v).sum()
+        down = (net.input_gradient(h - eps * u) * v).sum()
+    assert abs(float((up - down) / (2 * eps)) - float((h_bar * u).sum())) < 1e-6
+
+
+@pytest.mark.parametrize("T", [1, 4])
+def test_leapfrog_reverse_vjp_is_the_reverse_mode_of_the_leapfrog(T):
+    """On a quadratic potential E = x A x / 2 (grad E = x A, Hv = v A), against autograd through
+    :func:`leapfrog_reverse` with random adjoints of both outputs."""
+    torch.manual_seed(3)
+    a = torch.randn(3, 3, dtype=torch.float64)
+    A = a @ a.t() + torch.eye(3, dtype=torch.float64)
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    rho = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    step = torch.rand(3, dtype=torch.float64).add(0.05).requires_grad_(True)
+    alphas = torch.rand(T, dtype=torch.float64).mul(0.2).add(0.8).requires_grad_(True)
+    x_bar, rho_bar = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    x0, rho0 = leapfrog_reverse(x, rho, lambda y: y @ A, step, alphas)
+    expected = torch.autograd.grad((x0 * x_bar).sum() + (rho0 * rho_bar).sum(), [x, rho, step, alphas])
+    tape, evaluated = LeapfrogTape(), []
+    with torch.no_grad():
+        x0_cf, rho0_cf = leapfrog_reverse(x, rho, lambda y: y @ A, step, alphas, tape)
+        got = leapfrog_reverse_vjp(tape, x_bar, rho_bar, lambda k, v: evaluated.append(k) or v @ A, step, alphas)
+    torch.testing.assert_close(x0_cf, x0.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(rho0_cf, rho0.detach(), rtol=0, atol=0)
+    assert sorted(evaluated) == list(range(T + 1)) and len(tape.steps) == T
+    for g, want in zip(got, expected):
+        torch.testing.assert_close(g, want, rtol=1e-10, atol=1e-12)
+
+
 def _same_draws(density, x, **kwargs):
     """(closed-form bound, grads, diagnostics) and (autograd bound, grads, diagnostics) on one draw."""
     torch.manual_seed(5)
@@ -57,7 +114,7 @@ def _same_draws(density, x, **kwargs):
     torch.manual_seed(5)
     bound_ag, diag_ag = density.bound_and_diagnostics(x, diagnostics=True)
     (-bound_ag.mean()).backward()
-    grads_ag = [p.grad.clone() for p in density.parameters()]
+    grads_ag = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in density.parameters()]
     for p in density.parameters():
         p.grad = None
     return (bound_cf, grads_cf, diag_cf), (bound_ag.detach(), grads_ag, diag_ag)
@@ -80,6 +137,32 @@ def test_snis_closed_form_equals_autograd_of_its_bound(activation):
     x = 2 * torch.randn(16, 2, dtype=torch.float64)
     cf, ag = _same_draws(density, x)
     _assert_same(cf, ag)
+
+
+@pytest.mark.parametrize("activation", sorted(SECOND_DERIVATIVES))
+@pytest.mark.parametrize("momentum", [True, False], ids=["learned-r", "standard-r"])
+@pytest.mark.parametrize("T", [1, 3])
+def test_his_closed_form_equals_autograd_of_its_bound(activation, momentum, T):
+    """Through the reverse leapfrog, the potential's Hessian-vector products, the learned
+    momentum distribution (mean and floored scale), the step sizes and the tempering; with
+    non-default step sizes and alphas and a non-zero data mean."""
+    torch.manual_seed(0)
+    density = D.HIS(
+        D.Normal(2, loc=0.2, scale=1.5),
+        MLP(2, [6, 5], 1, activation=activation, output_bias=False),
+        MLP(2, [4, 3], 4) if momentum else None,
+        T=T,
+        step_size_init=0.3,
+        alpha_init=0.9,
+    ).double()
+    density.data_mean.fill_(0.3)
+    with torch.no_grad():
+        density.raw_alphas.add_(0.5 * torch.randn(T, dtype=torch.float64))
+        density.raw_step_size.add_(0.3 * torch.randn(2, dtype=torch.float64))
+    x = 2 * torch.randn(16, 2, dtype=torch.float64)
+    cf, ag = _same_draws(density, x)
+    _assert_same(cf, ag, atol=1e-10)
+    assert set(cf[2]) == {"step_size", "alpha_product"}
 
 
 @pytest.mark.parametrize("z_ema", [0.5, 1e-9, 0.0, 0.999999, 1.5])
@@ -124,14 +207,20 @@ def test_closed_form_declines_what_it_does_not_cover():
     assert D.LARS(D.Normal(2), MLP(2, [4], 1), T=1).train().closed_form_training_bound(x) is None
     assert D.LARS(D.Normal(2), MLP(2, [4], 1), T=8).eval().closed_form_training_bound(x) is None
     assert D.Normal(2).closed_form_training_bound(x) is None
+    assert D.HIS(D.Normal(2), MLP(2, [4], 1), T=0).closed_form_training_bound(x) is None
+    assert D.HIS(D.Normal(2, learnable=True), MLP(2, [4], 1)).closed_form_training_bound(x) is None
+    assert D.HIS(D.Normal(2), MLP(2, [4], 1, activation="gelu")).closed_form_training_bound(x) is None
+    assert D.HIS(D.Normal(2), MLP(2, [4], 1), torch.nn.Linear(2, 4)).closed_form_training_bound(x) is None
+    conditional = D.HIS(D.Normal(2), MLP(2, [4], 1, context_dim=3))
+    assert not conditional.offers_closed_form_training()
 
 
-@pytest.mark.parametrize("cls", [SNIS, LARS])
+@pytest.mark.parametrize("cls", [SNIS, LARS, HIS])
 def test_training_with_closed_form_gradients_follows_autograd_training(tmp_path, cls):
     """100 Adam steps in float64 with and without the closed form end at the same weights (to
     rounding), and the module says which path it took."""
     data = Toy2DDataModule().target.sample(3200, torch.Generator().manual_seed(0)).double()
-    sizes = {"num_proposals": 16} if cls is SNIS else {"T": 16, "num_z_samples": 16}
+    sizes = {SNIS: {"num_proposals": 16}, LARS: {"T": 16, "num_z_samples": 16}, HIS: {"T": 2}}[cls]
 
     def train(closed_form):
         torch.manual_seed(0)
@@ -150,3 +239,35 @@ def test_closed_form_is_rejected_with_a_clear_error_when_not_a_flag():
     with pytest.raises(ValueError, match="closed_form must be None"):
         SNIS(closed_form="yes")
     assert not TRS().offers_closed_form()  # TRS has no closed form: autograd
+
+
+@pytest.mark.parametrize("steps", [COMPILE_MIN_STEPS, CLOSED_FORM_COMPILE_MIN_STEPS])
+def test_his_trains_in_closed_form_and_compiles_only_runs_long_enough_to_repay_it(tmp_path, monkeypatch, steps):
+    """With closed-form gradients a run is compiled only from CLOSED_FORM_COMPILE_MIN_STEPS on
+    (then without the closed form); an explicit compile=True always compiles."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: compiled.append(fn) or fn)  # record, do not compile
+    data = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4)
+
+    def fit(**kwargs):
+        model = HIS(T=1, **kwargs)
+        quiet_trainer(tmp_path, max_steps=steps, limit_train_batches=1, max_epochs=1).fit(model, data)
+        return model
+
+    model = fit()
+    long_run = steps >= CLOSED_FORM_COMPILE_MIN_STEPS
+    assert (model._compiled_bound is not None) is long_run and model._closed_form_on is not long_run
+    assert len(compiled) == int(long_run)
+    forced = fit(compile=True)
+    assert forced._compiled_bound is not None and not forced._closed_form_on
+
+
+def test_closed_form_gradients_are_stored_contiguous_for_the_fused_optimiser():
+    """A transposed gradient (what the narrow-first outer-product sum returns) is stored
+    contiguous: torch's fused Adam misreads a non-contiguous one and takes a wrong step."""
+    p = torch.nn.Parameter(torch.zeros(3, 2))
+    g = torch.randn(2, 3).t()
+    D.Density.add_gradients([(p, g)])
+    assert p.grad.is_contiguous() and torch.equal(p.grad, g)
+    D.Density.add_gradients([(p, g)])
+    assert torch.equal(p.grad, 2 * g)

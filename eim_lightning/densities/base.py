@@ -267,13 +267,19 @@ class Density(nn.Module):
         not computed, with ``diagnostics=False``: training asks for them only on logging steps)."""
         return self.log_prob_lower_bound(x, 1, context), {}
 
+    def offers_closed_form_training(self) -> bool:
+        """Whether :meth:`closed_form_training_bound` covers this density's present parts (its
+        networks, proposal and settings); False by default."""
+        return False
+
     def closed_form_training_bound(
         self, x: Tensor, diagnostics: bool = True
     ) -> tuple[Tensor, dict[str, Tensor]] | None:
         """:meth:`bound_and_diagnostics` of an unconditional batch without autograd: the bound
         ``[B]`` (no graph) and diagnostics, with the gradient of the loss ``-bound.mean()`` with
         respect to every parameter already added to its ``.grad``, in closed form. None (the
-        default) where a density has no closed form for its present parts; the caller then
+        default) where a density has no closed form for its present parts
+        (:meth:`offers_closed_form_training`) or its present state; the caller then
         differentiates :meth:`bound_and_diagnostics` with autograd. For small networks on the CPU
         this is several times faster than the autograd engine, whose cost per operation
         dominates there (the step engine uses it on the CPU; docs/BENCHMARKS.md)."""
@@ -281,13 +287,14 @@ class Density(nn.Module):
 
     @staticmethod
     def add_gradients(pairs) -> None:
-        """``p.grad += g`` for each ``(p, g)`` (``p.grad = g`` where it is None), as backward
+        """``p.grad += g`` for each ``(p, g)`` (``p.grad = g`` where it is None, made contiguous:
+        torch 2.14's fused Adam silently misreads a transposed gradient), as backward
         accumulates; parameters that do not require a gradient are left alone."""
         for p, g in pairs:
             if not p.requires_grad:
                 continue
             if p.grad is None:
-                p.grad = g
+                p.grad = g.contiguous()
             else:
                 p.grad.add_(g)
 

@@ -31,9 +31,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.functional import softplus
 
-from ..integrators import leapfrog_forward, leapfrog_reverse
-from ..nn import MLP
-from .base import LOG_2PI, Density, check_positive_int, evaluate_net, positive_scale
+from ..integrators import LeapfrogTape, leapfrog_forward, leapfrog_reverse, leapfrog_reverse_vjp
+from ..nn import MLP, SECOND_DERIVATIVES
+from .base import LOG_2PI, Density, check_positive_int, closed_form_applies, evaluate_net, positive_scale
 from .normal import inverse_softplus
 
 __all__ = ["HIS"]
@@ -43,6 +43,10 @@ MIN_MOMENTUM_SCALE = 1e-5
 
 def _standard_normal_log_prob(rho: Tensor) -> Tensor:
     return -0.5 * (rho.square() + LOG_2PI).sum(-1)
+
+
+def _normal_log_prob(rho: Tensor, mean: Tensor, scale: Tensor) -> Tensor:
+    return _standard_normal_log_prob((rho - mean) / scale) - torch.log(scale).sum(-1)
 
 
 class HIS(Density):
@@ -130,9 +134,7 @@ class HIS(Density):
     def _momentum_log_prob(self, rho: Tensor, x: Tensor, context: Tensor | None) -> Tensor:
         if self.momentum_net is None:
             return _standard_normal_log_prob(rho)
-        mean, scale = self._momentum_params(x, context)
-        z = (rho - mean) / scale
-        return -0.5 * (z.square() + LOG_2PI).sum(-1) - torch.log(scale).sum(-1)
+        return _normal_log_prob(rho, *self._momentum_params(x, context))
 
     def _momentum_params(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         h = x - self.data_mean
@@ -179,11 +181,86 @@ class HIS(Density):
     def bound_and_diagnostics(self, x: Tensor, context: Tensor | None = None, diagnostics: bool = True):
         """Training bound ``[B]``; diagnostics: mean step size and the tempering product."""
         bound = self.log_prob_lower_bound(x, 1, context)
-        if not diagnostics:
-            return bound, {}
-        with torch.no_grad():
-            diag = {"step_size": self.step_size.mean(), "alpha_product": self.alphas.prod()}
-        return bound, diag
+        return bound, self._diagnostics() if diagnostics else {}
+
+    @torch.no_grad()
+    def _diagnostics(self) -> dict[str, Tensor]:
+        return {"step_size": self.step_size.mean(), "alpha_product": self.alphas.prod()}
+
+    def offers_closed_form_training(self) -> bool:
+        """``T >= 1``, an MLP potential whose activation has a known second derivative, an MLP
+        momentum network (or none) and a proposal without parameters."""
+        potential, momentum = self.potential, self.momentum_net
+        return (
+            self.T >= 1
+            and closed_form_applies(self, potential)
+            and potential.has_input_gradient
+            and potential.activation in SECOND_DERIVATIVES
+            and (momentum is None or closed_form_applies(self, momentum))
+        )
+
+    @torch.no_grad()
+    def closed_form_training_bound(self, x: Tensor, diagnostics: bool = True):
+        """The training bound with its gradient in closed form (see :class:`Density`): the bound's
+        forward pass as :meth:`log_prob_replicas` runs it (the same random draws, in the same
+        order), recording the leapfrog (:class:`~eim_lightning.integrators.LeapfrogTape`) and each
+        evaluation of ``grad E`` (:meth:`~eim_lightning.nn.MLP.input_gradient_cached`); then its
+        reverse pass (:func:`~eim_lightning.integrators.leapfrog_reverse_vjp`, the potential's
+        Hessian-vector products by :meth:`~eim_lightning.nn.MLP.input_gradient_vjp`). With
+        ``c = -1/B`` (the loss is ``-mean_b l_b``): ``xbar_0 = c grad log pi(x_0)``,
+        ``rhobar_0 = -c rho_0``; through ``rho_T = mu + sigma e`` and ``-log r = |e|^2/2 +
+        sum log sigma + const``: ``mubar = rhobar_T`` and ``sigmabar = rhobar_T e + c/sigma``."""
+        if not self.offers_closed_form_training():
+            return None
+        self.check_input(x)
+        potential, momentum = self.potential, self.momentum_net
+        eps = torch.randn_like(x)  # first, as _sample_momentum draws it
+        if momentum is None:
+            rho_T, log_r = eps, _standard_normal_log_prob(eps)
+        else:
+            out, r_cache = momentum.forward_cached(x - self.data_mean)
+            mean, raw = out.split(self.event_shape[0], dim=-1)
+            unclamped = softplus(raw)
+            scale = unclamped.clamp_min(MIN_MOMENTUM_SCALE)  # positive_scale, keeping its mask
+            rho_T = mean + scale * eps
+            log_r = _normal_log_prob(rho_T, mean, scale)
+        caches = []
+
+        def grad_fn(y: Tensor) -> Tensor:
+            g, cache = potential.input_gradient_cached(y - self.data_mean)
+            caches.append(cache)
+            return g if g.shape == y.shape else g.expand_as(y)
+
+        step_size, alphas, tape = self.step_size, self.alphas, LeapfrogTape()
+        x_0, rho_0 = leapfrog_reverse(x, rho_T, grad_fn, step_size, alphas, tape)
+        with torch.enable_grad():
+            x_in = x_0.detach().requires_grad_(True)
+            log_pi = self.proposal.log_prob_replicas(x_in, 1)[0]
+            (score,) = torch.autograd.grad(log_pi.sum(), x_in)
+        bound = log_pi.detach() + _standard_normal_log_prob(rho_0) - log_r
+
+        c = -1.0 / x.shape[0]
+        terms = []
+
+        def grad_vjp(k: int, g_bar: Tensor) -> Tensor:
+            h_bar, evaluation = potential.input_gradient_vjp(caches[k], g_bar)
+            terms.append(evaluation)
+            return h_bar
+
+        _, rho_T_bar, step_bar, alphas_bar = leapfrog_reverse_vjp(
+            tape, c * score, -c * rho_0, grad_vjp, step_size, alphas
+        )
+        pairs = potential.input_gradient_parameter_gradients(terms)
+        pairs += [
+            (self.raw_step_size, step_bar * torch.sigmoid(self.raw_step_size)),
+            (self.raw_alphas, alphas_bar * alphas * (1 - alphas)),
+        ]
+        if momentum is not None:
+            scale_bar = rho_T_bar * eps + c / scale
+            raw_bar = scale_bar * torch.sigmoid(raw) * (unclamped >= MIN_MOMENTUM_SCALE)
+            pairs += momentum.parameter_gradients(r_cache, torch.cat([rho_T_bar, raw_bar], -1))
+        self.add_gradients(pairs)
+        return bound, self._diagnostics() if diagnostics else {}
 
     def _forward_run(self, n: int, context: Tensor | None):
         shape = self._sample_shape(n, context)

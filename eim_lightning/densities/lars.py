@@ -260,6 +260,10 @@ class LARS(Density):
         saturated = (self.last_acceptance > 0.99).float().mean()
         return estimate, {"z": self._pending_z_s, "z_ema": self.z_ema, "saturated": saturated}
 
+    def offers_closed_form_training(self) -> bool:
+        """An MLP acceptance logit, ``T >= 2`` and a proposal without parameters."""
+        return self.T >= 2 and closed_form_applies(self, self.accept_logit)
+
     @torch.no_grad()
     def closed_form_training_bound(self, x: Tensor, diagnostics: bool = True):
         """The training estimate with its gradient in closed form (see :class:`Density`), for an
@@ -270,9 +274,9 @@ class LARS(Density):
         ``w = sigmoid(log a + log S - n log(1-Z))`` and the loss ``-mean_b log q(x_b)``:
         ``dloss/df(x_b) = -w_b sigmoid(-f(x_b)) / B`` and, through ``Z_curr = mean_j a(z_j)``,
         ``dloss/df(z_j) = -[mean_b w_b dlogS/dZ + (1 - w_b) dn log(1-Z)/dZ] a(z_j)(1 - a(z_j)) / S``."""
-        net = self.accept_logit
-        if not (self.training and self.T >= 2 and closed_form_applies(self, net)):
+        if not (self.training and self.offers_closed_form_training()):
             return None
+        net = self.accept_logit
         self.check_input(x)
         batch, num_z = x.shape[0], self.num_z_samples
         xs = self.proposal.rsample(num_z)  # first, as training_z draws them

@@ -131,6 +131,10 @@ class SNIS(Density):
         # the ESS over the K particles of each example: the data point and its negatives
         return {"ess": effective_sample_size(torch.cat([u_x.unsqueeze(0), u_neg.expand(-1, u_x.shape[0])]))}
 
+    def offers_closed_form_training(self) -> bool:
+        """An MLP energy, shared negatives (K > 1) and a proposal without parameters."""
+        return closed_form_applies(self, self.energy) and self.share_proposal_samples and self.num_proposals > 1
+
     @torch.no_grad()
     def closed_form_training_bound(self, x: Tensor, diagnostics: bool = True):
         """The training bound with its gradient in closed form (see :class:`Density`), for an
@@ -139,9 +143,9 @@ class SNIS(Density):
         ``-(1/B) sum_b L_SNIS(x_b)`` has ``dloss/dU(x_b) = -sigmoid(r_b)/B`` and
         ``dloss/dU(x'_j) = softmax_j(U(x')) sum_b sigmoid(r_b)/B``, which the MLP's own backward
         (:meth:`~eim_lightning.nn.MLP.parameter_gradients`) carries to its weights."""
-        energy = self.energy
-        if not (closed_form_applies(self, energy) and self.share_proposal_samples and self.num_proposals > 1):
+        if not self.offers_closed_form_training():
             return None
+        energy = self.energy
         self.check_input(x)
         batch = x.shape[0]
         log_pi = self.proposal.log_prob_replicas(x, 1)[0]

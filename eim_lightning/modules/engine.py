@@ -27,20 +27,23 @@ it, under manual optimisation, and pays Lightning's per-batch cost once per *blo
 
 **Compilation** (``compile``; default ``None`` = automatic): the one-step training bound can run
 through ``torch.compile`` (forward and backward; the optimiser is one fused kernel anyway). It
-costs seconds to minutes of compilation at the first step, so the automatic choice compiles
-only where it was measured to pay (a density with ``compile_pays = True``: HIS, whose leapfrog
-is hundreds of small operations, ran 2.6x faster per step compiled on the CPU) and only for runs
-of at least :data:`COMPILE_MIN_STEPS` steps; on the CPU with inductor's C++ wrapper (one compiled
-module, faster to build and to call). Steps whose diagnostics are logged run eagerly, and
-so does a batch of another shape than the first compiled one (an epoch's last, partial batch:
-recompiling for it took another 30 s on 2 CPU cores, inside the run). If compilation fails,
-training warns once and continues eagerly.
+costs seconds to minutes of compilation at the first step, so the automatic choice compiles only
+where it was measured to pay (a density with ``compile_pays = True``: HIS, whose leapfrog is
+hundreds of small operations, ran 2.6x faster per step compiled on the CPU than through
+autograd) and only for runs of at least :data:`COMPILE_MIN_STEPS` steps, or
+:data:`CLOSED_FORM_COMPILE_MIN_STEPS` where the step has closed-form gradients (below), which
+are nearly as fast without compiling; on the CPU with inductor's C++ wrapper (one compiled
+module, faster to build and to call). A compiled step does not use the closed form. Steps whose
+diagnostics are logged run eagerly, and so does a batch of another shape than the first compiled
+one (an epoch's last, partial batch: recompiling for it took another 30 s on 2 CPU cores, inside
+the run). If compilation fails, training warns once and continues eagerly.
 
 **Closed-form gradients** (``closed_form``; default ``None`` = automatic): where the density
-has a closed form for its training gradient (``Density.closed_form_training_bound``: SNIS and
-LARS with an MLP network and a proposal without parameters), a step computes the bound and the
+has a closed form for its training gradient (``Density.closed_form_training_bound``: SNIS,
+LARS and HIS with MLP networks and a proposal without parameters), a step computes the bound and the
 parameters' gradients in plain tensor operations, without building an autograd graph: a 2-D
-step is some seventy small operations, and the autograd engine's cost per operation would be
+SNIS step is some seventy small operations (HIS's some four hundred, the potential's
+Hessian-vector products included), and the autograd engine's cost per operation would be
 most of its time. The automatic choice uses it on the CPU (``True``: on any device; ``False``:
 never), not under mixed precision (autocast); the result equals autograd's to rounding (tested
 in float64). Per-step hooks still run; ``on_before_backward`` receives the (graph-less) loss,
@@ -63,13 +66,24 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-__all__ = ["StepEngineMixin", "MAX_STEPS_PER_BLOCK", "COMPILE_MIN_STEPS", "block_steps", "choose_steps_per_block"]
+__all__ = [
+    "StepEngineMixin",
+    "MAX_STEPS_PER_BLOCK",
+    "COMPILE_MIN_STEPS",
+    "CLOSED_FORM_COMPILE_MIN_STEPS",
+    "block_steps",
+    "choose_steps_per_block",
+]
 
 #: the largest block the automatic choice takes (Lightning's per-batch cost is then < 1/50 a step)
 MAX_STEPS_PER_BLOCK = 50
 
 #: the shortest run the automatic choice compiles (compilation takes 10-30 s on 2 CPU cores)
 COMPILE_MIN_STEPS = 5000
+
+#: the same where the step has closed-form gradients (HIS: 2.1-2.4 ms per 2-D step against
+#: 1.7-1.9 compiled and 24 s of compilation from an empty cache, a break-even near 40,000 steps)
+CLOSED_FORM_COMPILE_MIN_STEPS = 50_000
 
 _STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
@@ -254,7 +268,9 @@ class StepEngineMixin:
         if self.compile is False or self.automatic_optimization:
             return
         density = getattr(self, "density", None)
-        if self.compile or (getattr(density, "compile_pays", False) and self._run_length() >= COMPILE_MIN_STEPS):
+        shortest = CLOSED_FORM_COMPILE_MIN_STEPS if self._closed_form_on else COMPILE_MIN_STEPS
+        if self.compile or (getattr(density, "compile_pays", False) and self._run_length() >= shortest):
+            self._closed_form_on = False
             # on the CPU, inductor's C++ wrapper: one compiled module instead of a Python wrapper
             # around dozens of separately built kernels (measured: the MNIST VAE's HIS-prior step
             # compiled in 23 s instead of 34 s and ran 7% faster)
@@ -262,12 +278,13 @@ class StepEngineMixin:
             self._compiled_bound = torch.compile(self.training_bound_only, options=options)
 
     def prepare_closed_form(self) -> None:
-        """At ``on_train_start``: whether steps try the density's closed-form gradients (module doc)."""
+        """At ``on_train_start``, before :meth:`prepare_compiled_bound`: whether steps try the
+        density's closed-form gradients (module doc)."""
         density = getattr(self, "density", None)
         self._closed_form_on = bool(
             self.closed_form is not False
             and not self.automatic_optimization
-            and self._compiled_bound is None
+            and not self.compile
             and density is not None
             and self.offers_closed_form()
             and "mixed" not in str(self.trainer.precision)  # autocast: autograd handles the casts

@@ -236,9 +236,7 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
         """Whether the density has closed-form training gradients that mean this module's loss:
         it implements ``closed_form_training_bound`` and the module trains on its
         ``bound_and_diagnostics`` (``training_bound`` not overridden)."""
-        return overrides(self.density, "closed_form_training_bound", Density) and not overrides(
-            self, "training_bound", BoundEstimatorMixin
-        )
+        return self.density.offers_closed_form_training() and not overrides(self, "training_bound", BoundEstimatorMixin)
 
     def training_step(self, batch, batch_idx: int) -> Tensor | None:
         if self.automatic_optimization:
@@ -358,8 +356,8 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
     def on_train_start(self) -> None:
         self.restore_rng_on_train_start()
         self.align_validation_to_blocks()
-        self.prepare_compiled_bound()
         self.prepare_closed_form()
+        self.prepare_compiled_bound()
 
     def on_validation_epoch_start(self) -> None:
         # re-create the metric state in this loop's grad mode: a previous trainer.validate() ran
