@@ -215,24 +215,27 @@ class HIS(Density):
         self.check_input(x)
         potential, momentum = self.potential, self.momentum_net
         eps = torch.randn_like(x)  # first, as _sample_momentum draws it
+        centred = x - self.data_mean  # the dynamics run in the networks' centred coordinates
+        log_r = _standard_normal_log_prob(eps)  # (rho_T - mean) / scale = eps
         if momentum is None:
-            rho_T, log_r = eps, _standard_normal_log_prob(eps)
+            rho_T = eps
         else:
-            out, r_cache = momentum.forward_cached(x - self.data_mean)
+            out, r_cache = momentum.forward_cached(centred)
             mean, raw = out.split(self.event_shape[0], dim=-1)
             unclamped = softplus(raw)
             scale = unclamped.clamp_min(MIN_MOMENTUM_SCALE)  # positive_scale, keeping its mask
-            rho_T = mean + scale * eps
-            log_r = _normal_log_prob(rho_T, mean, scale)
+            rho_T = torch.addcmul(mean, scale, eps)
+            log_r = log_r - torch.log(scale).sum(-1)
         caches = []
 
         def grad_fn(y: Tensor) -> Tensor:
-            g, cache = potential.input_gradient_cached(y - self.data_mean)
+            g, cache = potential.input_gradient_cached(y)
             caches.append(cache)
             return g if g.shape == y.shape else g.expand_as(y)
 
         step_size, alphas, tape = self.step_size, self.alphas, LeapfrogTape()
-        x_0, rho_0 = leapfrog_reverse(x, rho_T, grad_fn, step_size, alphas, tape)
+        x_0, rho_0 = leapfrog_reverse(centred, rho_T, grad_fn, step_size, alphas, tape)
+        x_0 = x_0 + self.data_mean
         with torch.enable_grad():
             x_in = x_0.detach().requires_grad_(True)
             log_pi = self.proposal.log_prob_replicas(x_in, 1)[0]
@@ -256,7 +259,7 @@ class HIS(Density):
             (self.raw_alphas, alphas_bar * alphas * (1 - alphas)),
         ]
         if momentum is not None:
-            scale_bar = rho_T_bar * eps + c / scale
+            scale_bar = torch.addcmul(c / scale, rho_T_bar, eps)
             raw_bar = scale_bar * torch.sigmoid(raw) * (unclamped >= MIN_MOMENTUM_SCALE)
             pairs += momentum.parameter_gradients(r_cache, torch.cat([rho_T_bar, raw_bar], -1))
         self.add_gradients(pairs)
