@@ -216,7 +216,7 @@ class MLP(nn.Module):
                 f"parameter_gradients needs an activation in {sorted(DERIVATIVES)}, got {self.activation!r}"
             )
         derivative = DERIVATIVES[self.activation]
-        linears = self._linears()
+        linears = self._linears
         grads: list[tuple[Tensor, Tensor]] = []
         for i in reversed(range(len(linears))):
             linear, h_in = linears[i], cache[2 * i]
@@ -247,18 +247,19 @@ class MLP(nn.Module):
                 f"this MLP has out_dim={self.out_dim}, activation={self.activation!r}"
             )
         derivative = DERIVATIVES[self.activation]
-        linears = self._linears()
+        *hidden, last = self._linears
+        weights = [linear.weight for linear in hidden]
         layers: list[list[Tensor]] = []
-        for linear in linears[:-1]:
-            a = linear(h)
-            s = self.net[2 * len(layers) + 1](a)
+        for linear, weight, activation in zip(hidden, weights, self._activations):
+            a = nn.functional.linear(h, weight, linear.bias)
+            s = activation(a)
             layers.append([h, a, s, derivative(a, s)])
             h = s
-        g = linears[-1].weight  # [1, H_last]
-        for linear, layer in zip(reversed(linears[:-1]), reversed(layers)):
+        g = last.weight  # [1, H_last]
+        for weight, layer in zip(reversed(weights), reversed(layers)):
             delta = g * layer[3]
             layer += [g, delta]
-            g = delta @ linear.weight
+            g = delta @ weight
         return g, layers
 
     def input_gradient_vjp(self, cache: list[list[Tensor]], v: Tensor) -> tuple[Tensor, list]:
@@ -270,10 +271,10 @@ class MLP(nn.Module):
                 f"input_gradient_vjp needs an activation in {sorted(SECOND_DERIVATIVES)}, got {self.activation!r}"
             )
         second = SECOND_DERIVATIVES[self.activation]
-        linears = self._linears()
+        weights = [linear.weight for linear in self._linears[: len(cache)]]
         hdot, dots = v, []
-        for linear, layer in zip(linears, cache):  # the tangent pass
-            adot = hdot.mm(linear.weight.t())
+        for weight, layer in zip(weights, cache):  # the tangent pass
+            adot = hdot.mm(weight.t())
             dots.append((hdot, adot))
             hdot = layer[3] * adot
         terms: list = [hdot]  # W_L's: sum_n hdot_{L-1}
@@ -285,13 +286,13 @@ class MLP(nn.Module):
             if hbar is not None:
                 abar = torch.addcmul(abar, hbar, slope)
             terms.append((delta, hdot_in, abar, h_in))
-            hbar = abar.mm(linears[i].weight)
+            hbar = abar.mm(weights[i])
         return (torch.zeros_like(v) if hbar is None else hbar), terms
 
     def input_gradient_parameter_gradients(self, evaluations: list[list]) -> list[tuple[Tensor, Tensor]]:
         """``(parameter, gradient)`` of ``sum_k v_k . g(h_k)`` from the terms of
         :meth:`input_gradient_vjp` at each evaluation ``k``: one matrix product per layer."""
-        linears = self._linears()
+        linears = self._linears
         grads = [(linears[-1].weight, torch.cat([terms[0] for terms in evaluations]).sum(0, keepdim=True))]
         for depth, linear in enumerate(reversed(linears[:-1]), start=1):
             parts = [terms[depth] for terms in evaluations]
@@ -302,5 +303,10 @@ class MLP(nn.Module):
                 grads.append((linear.bias, torch.cat([abar for _, _, abar, _ in parts]).sum(0)))
         return grads
 
+    @property
     def _linears(self) -> list[nn.Linear]:
-        return [m for m in self.net if isinstance(m, nn.Linear)]
+        return list(self.net._modules.values())[0::2]  # Linear, activation, Linear, ..., Linear
+
+    @property
+    def _activations(self) -> list[nn.Module]:
+        return list(self.net._modules.values())[1::2]

@@ -262,6 +262,23 @@ def test_his_trains_in_closed_form_and_compiles_only_runs_long_enough_to_repay_i
     assert forced._compiled_bound is not None and not forced._closed_form_on
 
 
+@pytest.mark.parametrize(
+    "make", [lambda: D.Normal(3, loc=0.4, scale=torch.tensor([0.5, 1.0, 2.0])), lambda: D.Normal(3, learnable=True)]
+)
+def test_normal_score_is_the_gradient_of_its_log_density(make):
+    """Normal's closed-form score against autograd of its log-density and against the base
+    class's autograd default (what any other density uses)."""
+    density = make().double()
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    value, score = density.log_prob_and_score(x.detach())
+    (expected,) = torch.autograd.grad(density.log_prob(x).sum(), x)
+    torch.testing.assert_close(value, density.log_prob(x).detach(), rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(score, expected, rtol=1e-14, atol=1e-14)
+    base_value, base_score = D.Density.log_prob_and_score(density, x.detach())
+    torch.testing.assert_close(base_value, value, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(base_score, score, rtol=1e-14, atol=1e-14)
+
+
 def test_closed_form_gradients_are_stored_contiguous_for_the_fused_optimiser():
     """A transposed gradient (what the narrow-first outer-product sum returns) is stored
     contiguous: torch's fused Adam misreads a non-contiguous one and takes a wrong step."""

@@ -267,6 +267,16 @@ class Density(nn.Module):
         not computed, with ``diagnostics=False``: training asks for them only on logging steps)."""
         return self.log_prob_lower_bound(x, 1, context), {}
 
+    def log_prob_and_score(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """One replica of the bound at an unconditional batch ``x [B, *event]`` (``[B]``, no graph)
+        and its gradient with respect to ``x``, by autograd (an exact density overrides this in
+        closed form); for closed-form training steps, e.g. HIS's ``d log pi(x_0) / dx_0``."""
+        with torch.inference_mode(False), torch.enable_grad():
+            x_in = x.detach().clone().requires_grad_(True)
+            value = self.log_prob_replicas(x_in, 1)[0]
+            (score,) = torch.autograd.grad(value.sum(), x_in)
+        return value.detach(), score
+
     def offers_closed_form_training(self) -> bool:
         """Whether :meth:`closed_form_training_bound` covers this density's present parts (its
         networks, proposal and settings); False by default."""

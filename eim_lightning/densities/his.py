@@ -236,11 +236,8 @@ class HIS(Density):
         step_size, alphas, tape = self.step_size, self.alphas, LeapfrogTape()
         x_0, rho_0 = leapfrog_reverse(centred, rho_T, grad_fn, step_size, alphas, tape)
         x_0 = x_0 + self.data_mean
-        with torch.enable_grad():
-            x_in = x_0.detach().requires_grad_(True)
-            log_pi = self.proposal.log_prob_replicas(x_in, 1)[0]
-            (score,) = torch.autograd.grad(log_pi.sum(), x_in)
-        bound = log_pi.detach() + _standard_normal_log_prob(rho_0) - log_r
+        log_pi, score = self.proposal.log_prob_and_score(x_0)
+        bound = log_pi + _standard_normal_log_prob(rho_0) - log_r
 
         c = -1.0 / x.shape[0]
         terms = []
