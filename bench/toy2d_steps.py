@@ -93,10 +93,13 @@ def breakdown_ms(make, steps: int, warmup: int) -> dict[str, float]:
 
 
 class _StepTimer(L.Callback):
-    """Time stamps at the start of every ``steps``-th training batch after the warm-up."""
+    """Time stamps at the start of training and of every ``steps``-th training batch after the warm-up."""
 
     def __init__(self, warmup: int, steps: int) -> None:
-        self.warmup, self.steps, self.marks = warmup, steps, []
+        self.warmup, self.steps, self.marks, self.started = warmup, steps, [], None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.started = time.perf_counter()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -110,6 +113,11 @@ class _StepTimer(L.Callback):
 def lightning_seconds(make, steps: int, warmup: int, repeats: int, fast: bool) -> list[float]:
     """Seconds per step of ``Trainer.fit`` (no validation, logger, checkpoints or progress bar),
     ``repeats`` windows of ``steps`` steps of one run."""
+    return lightning_run(make, steps, warmup, repeats, fast)[0]
+
+
+def lightning_run(make, steps: int, warmup: int, repeats: int, fast: bool) -> tuple[list[float], float]:
+    """:func:`lightning_seconds` and the seconds of the warm-up steps (which include any compilation)."""
     module = make()
     if fast:
         module.validate_inputs = False
@@ -127,7 +135,39 @@ def lightning_seconds(make, steps: int, warmup: int, repeats: int, fast: bool) -
         callbacks=[timer],
     )
     trainer.fit(module, datamodule=Toy2DDataModule("checkerboard", steps_per_epoch=total))
-    return [(b - a) / steps for a, b in zip(timer.marks[:-1], timer.marks[1:])]
+    windows = [(b - a) / steps for a, b in zip(timer.marks[:-1], timer.marks[1:])]
+    return windows, timer.marks[0] - timer.started
+
+
+#: HIS's training gradient three ways (module options), each in ``Trainer.fit``
+HIS_PATHS = [
+    ("closed form (the CPU default below 50,000 steps)", {}),
+    ("autograd, eager", {"closed_form": False, "compile": False}),
+    ("autograd, torch.compile (the default from 50,000 steps)", {"compile": True}),
+]
+
+
+def his_paths_table(steps: int, warmup: int, repeats: int) -> list[str]:
+    """Rows of ms per HIS step and warm-up seconds for each gradient path of :data:`HIS_PATHS`, the
+    compiled one from an empty compile cache (a fresh ``TORCHINDUCTOR_CACHE_DIR``)."""
+    import os
+    import tempfile
+
+    rows = []
+    for name, options in HIS_PATHS:
+        with tempfile.TemporaryDirectory() as cache:
+            saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+            try:
+                windows, warm = lightning_run(lambda o=options: HIS(T=5, **o), steps, warmup, repeats, False)
+            finally:
+                if saved is None:
+                    os.environ.pop("TORCHINDUCTOR_CACHE_DIR")
+                else:
+                    os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
+        rows.append(f"| {name} | {statistics.median(windows) * 1e3:.2f} | {warm:.1f} |")
+        print(rows[-1], flush=True)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -163,6 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(rows[-1], flush=True)
     parts = breakdown_ms(CASES[0][3], opts.steps, opts.warmup)
+    his_rows = his_paths_table(opts.steps, opts.warmup, opts.repeats)
     took = time.time() - began
     header = [
         "| model | size | bare loop (ms/step) | bare loop, torch.compile (ms/step) | Trainer.fit (ms/step) "
@@ -186,9 +227,20 @@ def main(argv: list[str] | None = None) -> None:
             + ", ".join(f"{k} {v:.2f} ms" for k, v in parts.items())
             + ". For scale, the authors' TensorFlow graph does such a step in about 0.35-0.5 ms on these "
             "machines: eager PyTorch pays a few microseconds of dispatch for each of the ~100 small forward and "
-            "backward operations and for Adam's step; `torch.compile` fuses the TRS and LARS bounds (see its "
-            "column) but cannot compile HIS's double backward, and the Lightning loop (hooks, logging, "
-            "torchmetrics) roughly doubles the bare step.",
+            "backward operations and for Adam's step. The bare loops differentiate with autograd; `Trainer.fit` "
+            "uses the step engine (several steps per Lightning batch) and, on the CPU, the closed-form gradients "
+            "of SNIS, LARS and HIS, so its column can be below the bare loop's.",
+            "",
+            "### HIS's training gradient, three ways (`Trainer.fit`, T = 5)",
+            "",
+            f"Median ms per step over the same windows; warm-up: the seconds of the first {opts.warmup} steps, "
+            "which include compilation (from an empty compile cache). The automatic choice compiles a "
+            "closed-form step only in runs of at least 50,000 steps "
+            "(`eim_lightning.modules.engine.CLOSED_FORM_COMPILE_MIN_STEPS`).",
+            "",
+            "| gradient | Trainer.fit (ms/step) | warm-up (s) |",
+            "|---|---|---|",
+            *his_rows,
             "",
             "On this shared virtual machine the same command's timings drift by up to 2x between runs minutes "
             "apart (seen: the bare SNIS K = 128 step at 1.7 ms in one run and 4.2 ms in a rerun five minutes later, "

@@ -42,7 +42,7 @@ the run). If compilation fails, training warns once and continues eagerly.
 has a closed form for its training gradient (``Density.closed_form_training_bound``: SNIS,
 LARS and HIS with MLP networks and a proposal without parameters), a step computes the bound and the
 parameters' gradients in plain tensor operations, without building an autograd graph: a 2-D
-SNIS step is some seventy small operations (HIS's some four hundred, the potential's
+SNIS step is some seventy small operations (HIS's about 380, the potential's
 Hessian-vector products included), and the autograd engine's cost per operation would be
 most of its time. The automatic choice uses it on the CPU (``True``: on any device; ``False``:
 never), not under mixed precision (autocast); the result equals autograd's to rounding (tested
@@ -81,8 +81,9 @@ MAX_STEPS_PER_BLOCK = 50
 #: the shortest run the automatic choice compiles (compilation takes 10-30 s on 2 CPU cores)
 COMPILE_MIN_STEPS = 5000
 
-#: the same where the step has closed-form gradients (HIS: 2.1-2.4 ms per 2-D step against
-#: 1.7-1.9 compiled and 24 s of compilation from an empty cache, a break-even near 40,000 steps)
+#: the same where the step has closed-form gradients (HIS's 2-D step: 3.39 ms closed form against
+#: 2.33 ms compiled after 27 s of compilation from an empty cache in one run of
+#: ``bench/toy2d_steps.py``, docs/BENCHMARKS_BREAKDOWN.md: a break-even near 26,000 steps)
 CLOSED_FORM_COMPILE_MIN_STEPS = 50_000
 
 _STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
