@@ -82,3 +82,11 @@ def test_tanh_without_gradients_is_the_composite():
     with torch.no_grad():
         y = Tanh()(x)
     assert torch.equal(y, torch.sigmoid(x * 2) * 2 - 1)
+
+
+def test_small_tanh_without_gradients_is_torch_tanh():
+    """Below 2^12 unrecorded elements (HIS's 2-D leapfrog layers) the kernel, not the composite."""
+    x = torch.tensor(POINTS[:4095], dtype=torch.float32)
+    with torch.no_grad():
+        y = Tanh()(x)
+    assert torch.equal(y, torch.tanh(x))
