@@ -62,7 +62,8 @@ class HIS(Density):
         alpha_init: initial tempering factor ``alpha_t`` (every step), in (0, 1].
     """
 
-    #: hundreds of small leapfrog operations: 2.6x faster per step compiled (CPU, measured)
+    #: hundreds of small leapfrog operations: 3.6x faster per 2-D step compiled than through autograd
+    #: (CPU, docs/BENCHMARKS_BREAKDOWN.md); the closed form (below) moves the break-even to long runs
     compile_pays = True
 
     def __init__(
