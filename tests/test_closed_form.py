@@ -61,7 +61,7 @@ def test_mlp_input_gradient_vjp_is_the_hessian_vector_product(activation, hidden
     (g_ref,) = torch.autograd.grad(net(h).sum(), h, create_graph=True)
     torch.testing.assert_close(g.expand_as(h), g_ref, rtol=1e-12, atol=1e-14)
     with torch.no_grad():
-        h_bar, terms = net.input_gradient_vjp([[t.detach() for t in layer] for layer in cache], v)
+        h_bar, terms = net.input_gradient_vjp([[t if t is None else t.detach() for t in layer] for layer in cache], v)
         pairs = net.input_gradient_parameter_gradients([terms, terms])  # two evaluations: twice the sum
     params = list(net.parameters())
     expected = torch.autograd.grad((g_ref * v).sum(), [h, *params], allow_unused=True)
