@@ -52,13 +52,18 @@ DERIVATIVES = {
     "silu": lambda a, s: torch.sigmoid(a) * (1 + a * (1 - torch.sigmoid(a))),
 }
 
-#: s''(a) of each activation from its pre-activation ``a``, output ``s`` and slope ``d = s'(a)``
+#: ``gamma s''(a)`` of each activation, its second derivative times the input gradient's chain
+#: ``gamma``, from the pre-activation ``a``, output ``s``, slope ``d = s'(a)`` (None for tanh: see
+#: :func:`_times_slope`), ``gamma`` and ``delta = gamma s'(a)``; tanh's ``s'' = -2 s s'`` makes it
+#: ``-2 s delta``
 SECOND_DERIVATIVES = {
-    "tanh": lambda a, s, d: -2 * s * d,
-    "relu": lambda a, s, d: torch.zeros_like(s),
-    "elu": lambda a, s, d: torch.where(a > 0, torch.zeros_like(s), s + 1),
-    "softplus": lambda a, s, d: d * (1 - d),
-    "silu": lambda a, s, d: torch.sigmoid(a) * (1 - torch.sigmoid(a)) * (2 + a * (1 - 2 * torch.sigmoid(a))),
+    "tanh": lambda a, s, d, gamma, delta: -2 * s * delta,
+    "relu": lambda a, s, d, gamma, delta: torch.zeros_like(s),
+    "elu": lambda a, s, d, gamma, delta: gamma * torch.where(a > 0, torch.zeros_like(s), s + 1),
+    "softplus": lambda a, s, d, gamma, delta: gamma * (d * (1 - d)),
+    "silu": lambda a, s, d, gamma, delta: (
+        gamma * (torch.sigmoid(a) * (1 - torch.sigmoid(a)) * (2 + a * (1 - 2 * torch.sigmoid(a))))
+    ),
 }
 
 
@@ -133,11 +138,13 @@ ACTIVATIONS = {
 }
 
 
-def _times_slope(t: Tensor, layer: list) -> Tensor:
-    """``t s'(a)`` for a layer ``[h_in, a, s, s'(a) or None, ...]`` of :meth:`MLP.input_gradient_cached`:
-    for tanh (``s'(a)`` None) torch's fused ``tanh_backward(t, s) = t (1 - s^2)``, one operation
-    instead of the slope's two and a product."""
-    return torch.ops.aten.tanh_backward(t, layer[2]) if layer[3] is None else t * layer[3]
+def _times_slope(t: Tensor, activation: str, a: Tensor, s: Tensor, slope: Tensor | None = None) -> Tensor:
+    """``t s'(a)`` of a layer with pre-activation ``a`` and output ``s``: for tanh torch's fused
+    ``tanh_backward(t, s) = t (1 - s^2)``, one operation instead of the slope's two and a product;
+    else ``t`` times ``slope`` (computed from :data:`DERIVATIVES` when not given)."""
+    if activation == "tanh":
+        return torch.ops.aten.tanh_backward(t, s)
+    return t * (DERIVATIVES[activation](a, s) if slope is None else slope)
 
 
 def _sum_of_outer_products(left: Tensor, right: Tensor) -> Tensor:
@@ -222,7 +229,6 @@ class MLP(nn.Module):
             raise ValueError(
                 f"parameter_gradients needs an activation in {sorted(DERIVATIVES)}, got {self.activation!r}"
             )
-        derivative = DERIVATIVES[self.activation]
         linears = self._linears
         grads: list[tuple[Tensor, Tensor]] = []
         for i in reversed(range(len(linears))):
@@ -232,11 +238,7 @@ class MLP(nn.Module):
             grads.append((linear.weight, _sum_of_outer_products(delta, h_in)))
             if i == 0:
                 break
-            delta = delta.mm(linear.weight)
-            if self.activation == "tanh":
-                delta = torch.ops.aten.tanh_backward(delta, h_in)
-            else:
-                delta = delta * derivative(cache[2 * i - 1], h_in)
+            delta = _times_slope(delta.mm(linear.weight), self.activation, cache[2 * i - 1], h_in)
         return grads[::-1]
 
     def input_gradient(self, x: Tensor, context: Tensor | None = None) -> Tensor:
@@ -265,7 +267,7 @@ class MLP(nn.Module):
             h = s
         g = last.weight  # [1, H_last]
         for weight, layer in zip(reversed(weights), reversed(layers)):
-            delta = _times_slope(g, layer)
+            delta = _times_slope(g, self.activation, *layer[1:4])
             layer += [g, delta]
             g = delta @ weight
         return g, layers
@@ -284,18 +286,15 @@ class MLP(nn.Module):
         for weight, layer in zip(weights, cache):  # the tangent pass
             adot = hdot.mm(weight.t())
             dots.append((hdot, adot))
-            hdot = _times_slope(adot, layer)
+            hdot = _times_slope(adot, self.activation, *layer[1:4])
         terms: list = [hdot]  # W_L's: sum_n hdot_{L-1}
         hbar = None
         for i in reversed(range(len(cache))):
             h_in, a, s, slope, gamma, delta = cache[i]
             hdot_in, adot = dots[i]
-            if slope is None:  # tanh: gamma s'' = gamma (-2 s s') = -2 s delta
-                abar = (s * delta * adot).mul_(-2)
-            else:
-                abar = gamma * second(a, s, slope) * adot
+            abar = second(a, s, slope, gamma, delta) * adot
             if hbar is not None:
-                abar = abar + _times_slope(hbar, cache[i])
+                abar = abar + _times_slope(hbar, self.activation, a, s, slope)
             terms.append((delta, hdot_in, abar, h_in))
             hbar = abar.mm(weights[i])
         return (torch.zeros_like(v) if hbar is None else hbar), terms

@@ -288,3 +288,16 @@ def test_closed_form_gradients_are_stored_contiguous_for_the_fused_optimiser():
     assert p.grad.is_contiguous() and torch.equal(p.grad, g)
     D.Density.add_gradients([(p, g)])
     assert torch.equal(p.grad, 2 * g)
+
+
+def test_mlp_closed_forms_reject_networks_they_do_not_cover_with_a_clear_error():
+    x = torch.randn(4, 2)
+    with pytest.raises(ValueError, match="input_gradient needs out_dim == 1"):
+        MLP(2, [3], 2).input_gradient_cached(x)
+    with pytest.raises(ValueError, match="input_gradient needs out_dim == 1 and an activation in"):
+        MLP(2, [3], 1, activation="gelu").input_gradient(x)
+    net = MLP(2, [3], 1, activation="gelu")
+    with pytest.raises(ValueError, match="input_gradient_vjp needs an activation in"):
+        net.input_gradient_vjp([], x)
+    with pytest.raises(ValueError, match="parameter_gradients needs an activation in"):
+        net.parameter_gradients(net.forward_cached(x)[1], torch.ones(4, 1))

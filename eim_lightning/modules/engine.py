@@ -82,8 +82,9 @@ MAX_STEPS_PER_BLOCK = 50
 COMPILE_MIN_STEPS = 5000
 
 #: the same where the step has closed-form gradients (HIS's 2-D step: 3.39 ms closed form against
-#: 2.33 ms compiled after 27 s of compilation from an empty cache in one run of
-#: ``bench/toy2d_steps.py``, docs/BENCHMARKS_BREAKDOWN.md: a break-even near 26,000 steps)
+#: 2.33 ms compiled after 27 s of compilation with an empty on-disk cache in one run of
+#: ``bench/toy2d_steps.py``, docs/BENCHMARKS_BREAKDOWN.md: a break-even near 26,000 steps; a fresh
+#: process compiles for longer)
 CLOSED_FORM_COMPILE_MIN_STEPS = 50_000
 
 _STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
