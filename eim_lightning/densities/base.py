@@ -282,6 +282,7 @@ class Density(nn.Module):
         networks, proposal and settings); False by default."""
         return False
 
+    @torch.no_grad()
     def closed_form_training_bound(
         self, x: Tensor, diagnostics: bool = True
     ) -> tuple[Tensor, dict[str, Tensor]] | None:
@@ -292,8 +293,32 @@ class Density(nn.Module):
         (:meth:`offers_closed_form_training`) or its present state; the caller then
         differentiates :meth:`bound_and_diagnostics` with autograd. For small networks on the CPU
         this is several times faster than the autograd engine, whose cost per operation
-        dominates there (the step engine uses it on the CPU; docs/BENCHMARKS.md)."""
+        dominates there (the step engine uses it on the CPU; docs/BENCHMARKS.md).
+
+        By default: the input checks, then :meth:`closed_form_gradients`, whose gradients are
+        added here, and :meth:`closed_form_diagnostics` of what it saved."""
+        if not self.offers_closed_form_training():
+            return None
+        self.check_input(x)
+        bound, pairs, saved = self.closed_form_gradients(x)
+        self.add_gradients(pairs)
+        return bound, self.closed_form_diagnostics(saved) if diagnostics else {}
+
+    def closed_form_gradients(self, x: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]], tuple] | None:
+        """The pure part of :meth:`closed_form_training_bound`, for a density that
+        :meth:`offers_closed_form_training` (the caller checks that first): the bound
+        ``[B]``, ``(parameter, gradient)`` pairs and a tuple of tensors saved for
+        :meth:`closed_form_diagnostics`, from tensor operations alone: no input checks, host
+        synchronisations or changes of state, random draws from the default generator. That
+        makes it traceable: the step engine runs it through ``torch.jit.trace``
+        (:mod:`eim_lightning.modules.traced`). None where the closed form is not pure (LARS,
+        whose Z enters as a host number)."""
         return None
+
+    def closed_form_diagnostics(self, saved: tuple) -> dict[str, Tensor]:
+        """The training diagnostics of a closed-form step from what :meth:`closed_form_gradients`
+        saved (none by default)."""
+        return {}
 
     @staticmethod
     def add_gradients(pairs) -> None:

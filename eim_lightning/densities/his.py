@@ -200,8 +200,7 @@ class HIS(Density):
             and (momentum is None or closed_form_applies(self, momentum))
         )
 
-    @torch.no_grad()
-    def closed_form_training_bound(self, x: Tensor, diagnostics: bool = True):
+    def closed_form_gradients(self, x: Tensor):
         """The training bound with its gradient in closed form (see :class:`Density`): the bound's
         forward pass as :meth:`log_prob_replicas` runs it (the same random draws, in the same
         order), recording the leapfrog (:class:`~eim_lightning.integrators.LeapfrogTape`) and each
@@ -211,9 +210,6 @@ class HIS(Density):
         ``c = -1/B`` (the loss is ``-mean_b l_b``): ``xbar_0 = c grad log pi(x_0)``,
         ``rhobar_0 = -c rho_0``; through ``rho_T = mu + sigma e`` and ``-log r = |e|^2/2 +
         sum log sigma + const``: ``mubar = rhobar_T`` and ``sigmabar = rhobar_T e + c/sigma``."""
-        if not self.offers_closed_form_training():
-            return None
-        self.check_input(x)
         potential, momentum = self.potential, self.momentum_net
         eps = torch.randn_like(x)  # first, as _sample_momentum draws it
         centred = x - self.data_mean  # the dynamics run in the networks' centred coordinates
@@ -240,7 +236,7 @@ class HIS(Density):
         log_pi, score = self.proposal.log_prob_and_score(x_0)
         bound = log_pi + _standard_normal_log_prob(rho_0) - log_r
 
-        c = -1.0 / x.shape[0]
+        c = -1.0 / len(x)  # a Python number under a trace too (x.shape[0] is a tensor there)
         terms = []
 
         def grad_vjp(k: int, g_bar: Tensor) -> Tensor:
@@ -260,8 +256,10 @@ class HIS(Density):
             scale_bar = torch.addcmul(c / scale, rho_T_bar, eps)
             raw_bar = scale_bar * torch.sigmoid(raw) * (unclamped >= MIN_MOMENTUM_SCALE)
             pairs += momentum.parameter_gradients(r_cache, torch.cat([rho_T_bar, raw_bar], -1))
-        self.add_gradients(pairs)
-        return bound, self._diagnostics() if diagnostics else {}
+        return bound, pairs, ()
+
+    def closed_form_diagnostics(self, saved: tuple) -> dict[str, Tensor]:
+        return self._diagnostics()
 
     def _forward_run(self, n: int, context: Tensor | None):
         shape = self._sample_shape(n, context)

@@ -135,19 +135,16 @@ class SNIS(Density):
         """An MLP energy, shared negatives (K > 1) and a proposal without parameters."""
         return closed_form_applies(self, self.energy) and self.share_proposal_samples and self.num_proposals > 1
 
-    @torch.no_grad()
-    def closed_form_training_bound(self, x: Tensor, diagnostics: bool = True):
+    def closed_form_gradients(self, x: Tensor):
         """The training bound with its gradient in closed form (see :class:`Density`), for an
         :class:`~eim_lightning.nn.MLP` energy, shared negatives and a proposal without
-        parameters (else None). With ``r_b = log sum_j e^{U(x'_j) - U(x_b)}`` the loss
+        parameters. With ``r_b = log sum_j e^{U(x'_j) - U(x_b)}`` the loss
         ``-(1/B) sum_b L_SNIS(x_b)`` has ``dloss/dU(x_b) = -sigmoid(r_b)/B`` and
         ``dloss/dU(x'_j) = softmax_j(U(x')) sum_b sigmoid(r_b)/B``, which the MLP's own backward
-        (:meth:`~eim_lightning.nn.MLP.parameter_gradients`) carries to its weights."""
-        if not self.offers_closed_form_training():
-            return None
+        (:meth:`~eim_lightning.nn.MLP.parameter_gradients`) carries to its weights; saved for the
+        diagnostics: the energies of the data and of the negatives."""
         energy = self.energy
-        self.check_input(x)
-        batch = x.shape[0]
+        batch = len(x)  # a Python number under a trace too (x.shape[0] is a tensor there)
         log_pi = self.proposal.log_prob_replicas(x, 1)[0]
         neg = self.negative_samples(1, batch).reshape(-1, *self.event_shape)
         u, cache = energy.forward_cached(torch.cat([x, neg.to(x.dtype)]) - self.data_mean)
@@ -156,8 +153,10 @@ class SNIS(Density):
         bound = snis_bound_from_ratio(log_pi, r, self.num_proposals)
         weight = torch.sigmoid(r) / batch
         delta = torch.cat([-weight, torch.softmax(u_neg[:, 0], 0) * weight.sum()]).unsqueeze(-1)
-        self.add_gradients(energy.parameter_gradients(cache, delta.to(u.dtype)))
-        return bound, self._diagnostics(u_x, u_neg) if diagnostics else {}
+        return bound, energy.parameter_gradients(cache, delta.to(u.dtype)), (u_x, u_neg)
+
+    def closed_form_diagnostics(self, saved: tuple) -> dict[str, Tensor]:
+        return self._diagnostics(*saved)
 
     def _particles(self, n: int, context: Tensor | None, reparameterized: bool):
         sample = self.proposal.rsample if reparameterized else self.proposal.sample

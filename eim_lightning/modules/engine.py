@@ -47,7 +47,10 @@ Hessian-vector products included), and the autograd engine's cost per operation 
 most of its time. The automatic choice uses it on the CPU (``True``: on any device; ``False``:
 never), not under mixed precision (autocast); the result equals autograd's to rounding (tested
 in float64). Per-step hooks still run; ``on_before_backward`` receives the (graph-less) loss,
-and ``on_after_backward`` sees the gradients in ``.grad`` as usual.
+and ``on_after_backward`` sees the gradients in ``.grad`` as usual. Where the closed form is
+pure tensor operations (``Density.closed_form_gradients``: SNIS and HIS), steps replay it from a
+TorchScript trace (``trace``; default True; :mod:`.traced`): bitwise the same results, without
+Python's cost per operation; steps whose diagnostics are logged run it eagerly.
 
 A user's own DataLoader takes the same manual path with N = 1. Lightning's automatic
 optimisation (the closure path, N = 1) is used instead where manual optimisation cannot honour a
@@ -65,6 +68,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+
+from .traced import TracedClosedForm, has_pure_closed_form
 
 __all__ = [
     "StepEngineMixin",
@@ -165,6 +170,7 @@ class StepEngineMixin:
         compile: run the training bound through ``torch.compile`` (None: automatic, see the module doc).
         closed_form: use the density's closed-form training gradients (None: on the CPU where the
             density has them; see the module doc).
+        trace: replay pure closed-form steps from a TorchScript trace (False: run them eagerly).
     """
 
     def __init__(
@@ -172,15 +178,20 @@ class StepEngineMixin:
         steps_per_block: int | None = None,
         compile: bool | None = None,
         closed_form: bool | None = None,
+        trace: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         for name, value in (("compile", compile), ("closed_form", closed_form)):
             if value not in (None, True, False):
                 raise ValueError(f"{name} must be None (automatic), True or False, got {value!r}")
+        if not isinstance(trace, bool):
+            raise ValueError(f"trace must be True or False, got {trace!r}")
         self.compile = compile
         self.closed_form = closed_form
+        self.trace = trace
         self._closed_form_on = False
+        self._traced_closed_form: TracedClosedForm | None = None
         self._compiled_bound, self._compiled_shape = None, None
         if steps_per_block is not None and (
             isinstance(steps_per_block, bool) or not isinstance(steps_per_block, int) or steps_per_block < 1
@@ -292,6 +303,8 @@ class StepEngineMixin:
             and "mixed" not in str(self.trainer.precision)  # autocast: autograd handles the casts
             and (self.closed_form or self.device.type == "cpu")
         )
+        traced = self._closed_form_on and self.trace and has_pure_closed_form(density)
+        self._traced_closed_form = TracedClosedForm(density, type(self).__name__) if traced else None
 
     def compiled_bound(self, batch) -> Tensor | None:
         """The compiled one-step bound of ``batch``, or None (not compiled, compilation failed, or

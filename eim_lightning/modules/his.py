@@ -7,8 +7,9 @@ with ``rho_T ~ r(.|x_T)`` and ``(x_0, rho_0)`` from the exact reverse of the tem
 momentum network 20-20 tanh, T = 5 leapfrog steps, eps = 0.1, alpha_t = 0.995 initially.
 Validation and test work under Lightning's inference mode (the density computes grad E in a
 local ``inference_mode(False)`` block). On the CPU the default MLP networks train with
-closed-form gradients (``densities.HIS.closed_form_training_bound``; the ``closed_form`` and
-``compile`` options of the step engine). Diagnostics: mean step size, product of the alpha_t.
+closed-form gradients (``densities.HIS.closed_form_gradients``), replayed from a TorchScript
+trace (the ``closed_form``, ``trace`` and ``compile`` options of the step engine). Diagnostics:
+mean step size, product of the alpha_t.
 """
 
 from __future__ import annotations

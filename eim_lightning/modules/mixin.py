@@ -223,7 +223,12 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
         self._diagnostics_wanted = last and self._logs_after_this_step()
         closed = None
         if self._closed_form_on:  # gradients computed along with the bound (see .engine)
-            closed = self.density.closed_form_training_bound(self.unpack_batch(batch), self._diagnostics_wanted)
+            x, traced = self.unpack_batch(batch), self._traced_closed_form
+            if traced is not None and not self._diagnostics_wanted:
+                bound = traced(x)
+                closed = None if bound is None else (bound, None)
+            if closed is None:
+                closed = self.density.closed_form_training_bound(x, self._diagnostics_wanted)
         if closed is not None:
             bound, diagnostics = closed
         else:

@@ -1,0 +1,108 @@
+r"""Layer 3: closed-form training steps replayed from a TorchScript trace.
+
+A closed-form step (:meth:`~eim_lightning.densities.Density.closed_form_gradients`: SNIS and
+HIS) is a fixed sequence of small tensor operations, about seventy for a 2-D SNIS step and
+four hundred for HIS, with no data-dependent control flow. Run eagerly, every operation also
+pays for Python: parsing its arguments, and the code between operations (module calls, list
+building, attribute lookups). ``torch.jit.trace`` records the sequence once, in a fraction of a
+second, and TorchScript's interpreter replays it without any of that. The replay runs with the
+executor's graph optimisations off (``torch.jit.optimized_execution(False)``): they changed HIS's
+gradients in the last bits and made its replay slower. So the operations and their inputs are
+the same, and the replay's bound and gradients are bitwise those of the eager step, random draws
+included: they come from the same default generator, in the same order.
+
+:class:`TracedClosedForm` traces at the first step it serves, for that batch's shape, dtype and
+device; a batch of another shape (an epoch's last, partial batch) runs eagerly. Before the trace
+is used, its first two replays are compared with the eager step from the same random state, and
+the random state is then put back, so the run draws exactly what an eager run draws. A
+difference, or any failure to trace, warns once and the fit continues eagerly. ``torch.jit`` is
+deprecated in favour of ``torch.compile``, which costs tens of seconds of compilation on a CPU
+where the trace costs milliseconds; a torch without it falls back the same way.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from ..densities import Density
+
+__all__ = ["TracedClosedForm", "has_pure_closed_form"]
+
+
+def has_pure_closed_form(density: Density) -> bool:
+    """Whether ``density`` implements :meth:`~eim_lightning.densities.Density.closed_form_gradients`."""
+    return type(density).closed_form_gradients is not Density.closed_form_gradients
+
+
+class _PureStep(nn.Module):
+    """``x -> (bound, *gradients)`` of a density's closed form; remembers whose gradients they are."""
+
+    def __init__(self, density: Density) -> None:
+        super().__init__()
+        self.density = density
+        self.gradient_of: list[Tensor] = []
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        bound, pairs, _ = self.density.closed_form_gradients(x)
+        self.gradient_of = [p for p, _ in pairs]
+        return (bound, *(g for _, g in pairs))
+
+
+class TracedClosedForm:
+    """A density's closed-form training step replayed from its trace (module doc).
+
+    Args:
+        density: a density that offers a pure closed form (:func:`has_pure_closed_form`).
+        owner: the name the warning gives if tracing fails.
+    """
+
+    def __init__(self, density: Density, owner: str) -> None:
+        self.density, self.owner = density, owner
+        self._step = _PureStep(density)
+        self._traced = None
+        self._key: tuple | None = None
+        self._failed = False
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor) -> Tensor | None:
+        """The training bound ``[B]`` of ``x`` with the loss's gradients added to the parameters'
+        ``.grad`` (as :meth:`~eim_lightning.densities.Density.closed_form_training_bound`
+        does), or None where no trace serves this batch: the caller then runs the eager step."""
+        if self._failed:
+            return None
+        key = (x.shape, x.dtype, x.device)
+        if self._key is not None and key != self._key:
+            return None
+        self.density.check_input(x)
+        if self._traced is None and not self._trace(x):
+            return None
+        with torch.jit.optimized_execution(False):
+            bound, *grads = self._traced(x)
+        self.density.add_gradients(zip(self._step.gradient_of, grads))
+        return bound
+
+    def _trace(self, x: Tensor) -> bool:
+        cuda = [x.device] if x.device.type == "cuda" else []
+        try:
+            with warnings.catch_warnings(), torch.random.fork_rng(devices=cuda), torch.jit.optimized_execution(False):
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape tests, constant per shape
+                traced = torch.jit.trace(self._step, (x,), check_trace=False)
+                for _ in range(2):
+                    with torch.random.fork_rng(devices=cuda):
+                        expected = self._step(x)
+                    for a, b in zip(expected, traced(x), strict=True):
+                        torch.testing.assert_close(b, a, rtol=0, atol=0, equal_nan=True)
+        except Exception as err:  # noqa: BLE001 - any tracing failure: the eager step, loudly
+            self._failed = True
+            rank_zero_warn(
+                f"{self.owner}: the closed-form training step could not be traced "
+                f"({type(err).__name__}: {str(err)[:300]}); it runs eagerly"
+            )
+            return False
+        self._traced, self._key = traced, (x.shape, x.dtype, x.device)
+        return True
