@@ -212,33 +212,38 @@ def lars_log_prob(log_pi_x: Tensor, log_a_x: Tensor, z: Tensor, T: int) -> Tenso
     return log_pi_x + torch.logaddexp(log_a_x + log_geo, last)
 
 
-def lars_geometry(z: float, T: int) -> tuple[float, float, float, float]:
-    """The ``Z``-dependent parts of :func:`lars_log_prob` for one Python float ``Z``, in float64
-    with their derivatives: ``(log S, n log(1 - Z), d log S / dZ, d n log(1 - Z) / dZ)``, with
-    ``n = T - 1`` and ``log q_T(x) = log pi(x) + logaddexp(log a(x) + log S, n log(1 - Z))``.
+def lars_geometry(z: Tensor, T: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The ``Z``-dependent parts of :func:`lars_log_prob` at a scalar ``Z`` (a 0-d tensor), in
+    float64, with their derivatives: ``(log S, n log(1 - Z), d log S / dZ, d n log(1 - Z) / dZ)``,
+    with ``n = T - 1`` and ``log q_T(x) = log pi(x) + logaddexp(log a(x) + log S, n log(1 - Z))``.
 
-    The same branches as :func:`lars_log_prob`: the series near ``Z = 0`` (``|n s| < 10^-2``,
+    The same regimes as :func:`lars_log_prob`: the series near ``Z = 0`` (``|n s| < 10^-2``,
     ``s = log(1 - Z)``), ``Z >= 1`` evaluated at 1 with zero derivatives, NaN for a negative or
-    NaN ``Z``. Derivatives: ``ds/dZ = -1/(1 - Z)``; directly,
+    NaN ``Z``; chosen by ``torch.where`` (each branch on an argument safe for it), so there is no
+    host synchronisation. Derivatives: ``ds/dZ = -1/(1 - Z)``; directly,
     ``d log S/dZ = n (1-Z)^{n-1} / (1 - (1-Z)^n) - 1/Z``; by the series,
     ``d log S/ds = (n-1)/2 + s (n^2-1)/12 - s^3 (n^4-1)/720``. ``T >= 2``.
     """
     n = T - 1
-    if not z >= 0:  # negative or NaN
-        return (math.nan,) * 4
-    if z >= 1:
-        return 0.0, -math.inf, 0.0, 0.0
-    s = math.log1p(-z)
-    ds = -1.0 / (1.0 - z)
+    z = z.to(torch.float64)
+    inside = (z >= 0) & (z < 1)
+    zero, half = torch.zeros_like(z), torch.full_like(z, 0.5)
+    z0 = torch.where(inside, z, zero)
+    s = torch.log1p(-z0)
+    ds = -torch.reciprocal(1.0 - z0)
     last = n * s
-    if last > -1e-2:
-        log_geo = math.log(n) + s * ((n - 1) / 2) + s**2 * ((n**2 - 1) / 24) - s**4 * ((n**4 - 1) / 2880)
-        d_log_geo = ds * ((n - 1) / 2 + s * ((n**2 - 1) / 12) - s**3 * ((n**4 - 1) / 720))
-    else:
-        tail = math.exp(last)  # (1 - Z)^n
-        log_geo = math.log(-math.expm1(last)) - math.log(z)
-        d_log_geo = n * tail / ((1.0 - tail) * (1.0 - z)) - 1.0 / z
-    return log_geo, last, d_log_geo, n * ds
+    near = last > -1e-2
+    series = math.log(n) + s * ((n - 1) / 2) + s**2 * ((n**2 - 1) / 24) - s**4 * ((n**4 - 1) / 2880)
+    d_series = ds * ((n - 1) / 2 + s * ((n**2 - 1) / 12) - s**3 * ((n**4 - 1) / 720))
+    z1 = torch.where(near, half, z0)  # the direct formulas away from 0
+    last1 = n * torch.log1p(-z1)
+    tail = torch.exp(last1)  # (1 - Z)^n
+    direct = torch.log(-torch.expm1(last1)) - torch.log(z1)
+    d_direct = n * tail / ((1.0 - tail) * (1.0 - z1)) - torch.reciprocal(z1)
+    values = (torch.where(near, series, direct), last, torch.where(near, d_series, d_direct), n * ds)
+    at_one = (zero, torch.full_like(z, -math.inf), zero, zero)
+    nan = torch.full_like(z, math.nan)
+    return tuple(torch.where(inside, v, torch.where(z >= 1, v1, nan)) for v, v1 in zip(values, at_one))  # type: ignore[return-value]
 
 
 def first_accepted(accept: Tensor) -> Tensor:

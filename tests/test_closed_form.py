@@ -188,14 +188,18 @@ def test_lars_geometry_is_the_z_part_of_lars_log_prob_with_its_derivative(T):
         zt = torch.tensor(z, dtype=torch.float64, requires_grad=True)
         ref = lars_log_prob(torch.zeros(3, dtype=torch.float64), log_a, zt, T)
         (d_ref,) = torch.autograd.grad(ref.sum(), zt)
-        log_geo, last, d_log_geo, d_last = lars_geometry(z, T)
-        value = torch.logaddexp(log_a + log_geo, torch.tensor(last, dtype=torch.float64))
+        parts = lars_geometry(torch.tensor(z, dtype=torch.float32 if z == 0.5 else torch.float64), T)
+        assert all(p.dtype == torch.float64 and p.dim() == 0 for p in parts)
+        log_geo, last, d_log_geo, d_last = parts
+        value = torch.logaddexp(log_a + log_geo, last)
         t = log_a + (log_geo - last)
         torch.testing.assert_close(value, ref.detach(), rtol=1e-12, atol=1e-13)
         d_cf = float((torch.sigmoid(t) * d_log_geo + torch.sigmoid(-t) * d_last).sum())
         # near Z = 1 the reference itself loses digits: 1 - sigmoid(t) times d_last ~ -2e9
         assert math.isclose(d_cf, float(d_ref), rel_tol=1e-6 if z > 0.99 else 1e-9, abs_tol=1e-9)
-    assert all(math.isnan(v) for v in lars_geometry(-0.1, T) + lars_geometry(math.nan, T))
+    bad = lars_geometry(torch.tensor(-0.1), T) + lars_geometry(torch.tensor(math.nan), T)
+    assert all(torch.isnan(v) for v in bad)
+    assert [float(v) for v in lars_geometry(torch.tensor(1.7), T)] == [0.0, -math.inf, 0.0, 0.0]
 
 
 def test_closed_form_declines_what_it_does_not_cover():

@@ -296,28 +296,28 @@ class Density(nn.Module):
         dominates there (the step engine uses it on the CPU; docs/BENCHMARKS.md).
 
         By default: the input checks, then :meth:`closed_form_gradients`, whose gradients are
-        added here, and :meth:`closed_form_diagnostics` of what it saved."""
+        added here, and :meth:`closed_form_finish` of what it saved."""
         if not self.offers_closed_form_training():
             return None
         self.check_input(x)
         bound, pairs, saved = self.closed_form_gradients(x)
         self.add_gradients(pairs)
-        return bound, self.closed_form_diagnostics(saved) if diagnostics else {}
+        return bound, self.closed_form_finish(saved, diagnostics)
 
     def closed_form_gradients(self, x: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]], tuple] | None:
         """The pure part of :meth:`closed_form_training_bound`, for a density that
         :meth:`offers_closed_form_training` (the caller checks that first): the bound
         ``[B]``, ``(parameter, gradient)`` pairs and a tuple of tensors saved for
-        :meth:`closed_form_diagnostics`, from tensor operations alone: no input checks, host
+        :meth:`closed_form_finish`, from tensor operations alone: no input checks, host
         synchronisations or changes of state, random draws from the default generator. That
         makes it traceable: the step engine runs it through ``torch.jit.trace``
-        (:mod:`eim_lightning.modules.traced`). None where the closed form is not pure (LARS,
-        whose Z enters as a host number)."""
+        (:mod:`eim_lightning.modules.traced`). None by default (no closed form)."""
         return None
 
-    def closed_form_diagnostics(self, saved: tuple) -> dict[str, Tensor]:
-        """The training diagnostics of a closed-form step from what :meth:`closed_form_gradients`
-        saved (none by default)."""
+    def closed_form_finish(self, saved: tuple, diagnostics: bool) -> dict[str, Tensor]:
+        """After a closed-form step, from what :meth:`closed_form_gradients` saved: keep the state
+        the density carries to the next step (LARS: its pending Z) and return the step's
+        training diagnostics (an empty dict when ``diagnostics`` is False; none by default)."""
         return {}
 
     @staticmethod

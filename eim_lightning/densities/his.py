@@ -258,8 +258,8 @@ class HIS(Density):
             pairs += momentum.parameter_gradients(r_cache, torch.cat([rho_T_bar, raw_bar], -1))
         return bound, pairs, ()
 
-    def closed_form_diagnostics(self, saved: tuple) -> dict[str, Tensor]:
-        return self._diagnostics()
+    def closed_form_finish(self, saved: tuple, diagnostics: bool) -> dict[str, Tensor]:
+        return self._diagnostics() if diagnostics else {}
 
     def _forward_run(self, n: int, context: Tensor | None):
         shape = self._sample_shape(n, context)

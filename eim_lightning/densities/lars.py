@@ -264,40 +264,43 @@ class LARS(Density):
         """An MLP acceptance logit, ``T >= 2`` and a proposal without parameters."""
         return self.T >= 2 and closed_form_applies(self, self.accept_logit)
 
-    @torch.no_grad()
     def closed_form_training_bound(self, x: Tensor, diagnostics: bool = True):
+        """See :class:`Density`: in training mode only (else None)."""
+        return super().closed_form_training_bound(x, diagnostics) if self.training else None
+
+    def closed_form_gradients(self, x: Tensor):
         """The training estimate with its gradient in closed form (see :class:`Density`), for an
-        :class:`~eim_lightning.nn.MLP` acceptance logit ``f``, a proposal without parameters,
-        ``T >= 2``, in training mode (else None); one host sync (``Z`` as a float). One network
-        pass over the batch and the ``S`` proposal samples of ``Z_curr``. With
+        :class:`~eim_lightning.nn.MLP` acceptance logit ``f``, a proposal without parameters and
+        ``T >= 2``, in training mode. One network pass over the batch and the ``S`` proposal
+        samples of ``Z_curr``. With
         ``log q = log pi + logaddexp(log a + log S(Z), n log(1-Z))`` (:func:`~eim_lightning.bounds.lars_geometry`),
         ``w = sigmoid(log a + log S - n log(1-Z))`` and the loss ``-mean_b log q(x_b)``:
         ``dloss/df(x_b) = -w_b sigmoid(-f(x_b)) / B`` and, through ``Z_curr = mean_j a(z_j)``,
-        ``dloss/df(z_j) = -[mean_b w_b dlogS/dZ + (1 - w_b) dn log(1-Z)/dZ] a(z_j)(1 - a(z_j)) / S``."""
-        if not (self.training and self.offers_closed_form_training()):
-            return None
+        ``dloss/df(z_j) = -[mean_b w_b dlogS/dZ + (1 - w_b) dn log(1-Z)/dZ] a(z_j)(1 - a(z_j)) / S``.
+        Saved: the acceptances ``a(z_j)`` and the smoothed ``Z_s`` (:meth:`closed_form_finish`)."""
         net = self.accept_logit
-        self.check_input(x)
-        batch, num_z = x.shape[0], self.num_z_samples
+        batch, num_z = len(x), self.num_z_samples  # Python numbers under a trace too
         xs = self.proposal.rsample(num_z)  # first, as training_z draws them
         f, cache = net.forward_cached(torch.cat([x, xs.to(x.dtype)]) - self.data_mean)
         f_x, f_z = f[:batch, 0], f[batch:, 0]
         acceptance = torch.sigmoid(f_z)
-        self.last_acceptance = acceptance
         z_s = (1.0 - self.z_ema_rate) * self.z_ema + self.z_ema_rate * acceptance.mean()
-        self._pending_z_s = z_s
-        log_geo, last, d_log_geo, d_last = lars_geometry(float(z_s), self.T)
+        log_geo, last, d_log_geo, d_last = lars_geometry(z_s, self.T)
         log_a = logsigmoid(f_x)
         log_pi = self.proposal.log_prob_replicas(x, 1)[0]
-        estimate = log_pi + torch.logaddexp(log_a + log_geo, torch.full_like(log_a, last))
+        estimate = log_pi + torch.logaddexp(log_a + log_geo, last.to(log_a.dtype))
         t = log_a + (log_geo - last)
         w = torch.sigmoid(t)
         d_z = -(d_log_geo * w.mean() + d_last * torch.sigmoid(-t).mean())  # 1 - w without cancellation
         delta = torch.cat([-w * torch.sigmoid(-f_x) / batch, acceptance * (1 - acceptance) * (d_z / num_z)])
-        self.add_gradients(net.parameter_gradients(cache, delta.unsqueeze(-1).to(f.dtype)))
+        return estimate, net.parameter_gradients(cache, delta.unsqueeze(-1).to(f.dtype)), (acceptance, z_s)
+
+    def closed_form_finish(self, saved: tuple, diagnostics: bool) -> dict[str, Tensor]:
+        """Keeps the step's acceptances and its ``Z_s`` for :meth:`update_z_ema`."""
+        self.last_acceptance, self._pending_z_s = saved
         if not diagnostics:
-            return estimate, {}
-        return estimate, {"z": z_s, "z_ema": self.z_ema, "saturated": (acceptance > 0.99).float().mean()}
+            return {}
+        return {"z": self._pending_z_s, "z_ema": self.z_ema, "saturated": (self.last_acceptance > 0.99).float().mean()}
 
     def log_prob_for_elbo(self, z: Tensor, log_q: Tensor, objective: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
         """As a VAE's prior, ``[m, B]`` estimates of ``log q_T(z)`` at posterior samples ``z [m, B, L]``.

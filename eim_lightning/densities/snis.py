@@ -155,8 +155,8 @@ class SNIS(Density):
         delta = torch.cat([-weight, torch.softmax(u_neg[:, 0], 0) * weight.sum()]).unsqueeze(-1)
         return bound, energy.parameter_gradients(cache, delta.to(u.dtype)), (u_x, u_neg)
 
-    def closed_form_diagnostics(self, saved: tuple) -> dict[str, Tensor]:
-        return self._diagnostics(*saved)
+    def closed_form_finish(self, saved: tuple, diagnostics: bool) -> dict[str, Tensor]:
+        return self._diagnostics(*saved) if diagnostics else {}
 
     def _particles(self, n: int, context: Tensor | None, reparameterized: bool):
         sample = self.proposal.rsample if reparameterized else self.proposal.sample

@@ -48,7 +48,7 @@ most of its time. The automatic choice uses it on the CPU (``True``: on any devi
 never), not under mixed precision (autocast); the result equals autograd's to rounding (tested
 in float64). Per-step hooks still run; ``on_before_backward`` receives the (graph-less) loss,
 and ``on_after_backward`` sees the gradients in ``.grad`` as usual. Where the closed form is
-pure tensor operations (``Density.closed_form_gradients``: SNIS and HIS), steps replay it from a
+pure tensor operations (``Density.closed_form_gradients``: SNIS, LARS and HIS), steps replay it from a
 TorchScript trace (``trace``; default True; :mod:`.traced`): bitwise the same results, without
 Python's cost per operation; steps whose diagnostics are logged run it eagerly.
 

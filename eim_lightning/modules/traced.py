@@ -1,7 +1,7 @@
 r"""Layer 3: closed-form training steps replayed from a TorchScript trace.
 
-A closed-form step (:meth:`~eim_lightning.densities.Density.closed_form_gradients`: SNIS and
-HIS) is a fixed sequence of small tensor operations, about seventy for a 2-D SNIS step and
+A closed-form step (:meth:`~eim_lightning.densities.Density.closed_form_gradients`: SNIS, LARS
+and HIS) is a fixed sequence of small tensor operations, about seventy for a 2-D SNIS step and
 four hundred for HIS, with no data-dependent control flow. Run eagerly, every operation also
 pays for Python: parsing its arguments, and the code between operations (module calls, list
 building, attribute lookups). ``torch.jit.trace`` records the sequence once, in a fraction of a
@@ -39,7 +39,8 @@ def has_pure_closed_form(density: Density) -> bool:
 
 
 class _PureStep(nn.Module):
-    """``x -> (bound, *gradients)`` of a density's closed form; remembers whose gradients they are."""
+    """``x -> (bound, *gradients, *saved)`` of a density's closed form; remembers whose gradients
+    they are."""
 
     def __init__(self, density: Density) -> None:
         super().__init__()
@@ -47,9 +48,9 @@ class _PureStep(nn.Module):
         self.gradient_of: list[Tensor] = []
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        bound, pairs, _ = self.density.closed_form_gradients(x)
+        bound, pairs, saved = self.density.closed_form_gradients(x)
         self.gradient_of = [p for p, _ in pairs]
-        return (bound, *(g for _, g in pairs))
+        return (bound, *(g for _, g in pairs), *saved)
 
 
 class TracedClosedForm:
@@ -70,8 +71,10 @@ class TracedClosedForm:
     @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor | None:
         """The training bound ``[B]`` of ``x`` with the loss's gradients added to the parameters'
-        ``.grad`` (as :meth:`~eim_lightning.densities.Density.closed_form_training_bound`
-        does), or None where no trace serves this batch: the caller then runs the eager step."""
+        ``.grad`` and the density's state kept (as
+        :meth:`~eim_lightning.densities.Density.closed_form_training_bound` does, without
+        diagnostics), or None where no trace serves this batch: the caller then runs the eager
+        step."""
         if self._failed:
             return None
         key = (x.shape, x.dtype, x.device)
@@ -81,8 +84,10 @@ class TracedClosedForm:
         if self._traced is None and not self._trace(x):
             return None
         with torch.jit.optimized_execution(False):
-            bound, *grads = self._traced(x)
-        self.density.add_gradients(zip(self._step.gradient_of, grads))
+            bound, *rest = self._traced(x)
+        n = len(self._step.gradient_of)
+        self.density.add_gradients(zip(self._step.gradient_of, rest[:n]))
+        self.density.closed_form_finish(tuple(rest[n:]), False)
         return bound
 
     def _trace(self, x: Tensor) -> bool:
