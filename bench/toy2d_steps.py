@@ -142,9 +142,10 @@ def lightning_run(make, steps: int, warmup: int, repeats: int, fast: bool) -> tu
     return windows, timer.marks[0] - timer.started
 
 
-#: HIS's training gradient three ways (module options), each in ``Trainer.fit``
+#: HIS's training gradient four ways (module options), each in ``Trainer.fit``
 HIS_PATHS = [
-    ("closed form (the CPU default below 50,000 steps)", {}),
+    ("closed form, replayed from its trace (the CPU default below 50,000 steps)", {}),
+    ("closed form, eager (`trace=False`)", {"trace": False}),
     ("autograd, eager", {"closed_form": False, "compile": False}),
     ("autograd, torch.compile (the default from 50,000 steps)", {"compile": True}),
 ]
@@ -159,6 +160,29 @@ def his_paths_table(steps: int, warmup: int, repeats: int) -> list[str]:
         with tempfile.TemporaryDirectory() as cache, mock.patch.dict(os.environ, {"TORCHINDUCTOR_CACHE_DIR": cache}):
             windows, warm = lightning_run(lambda o=options: HIS(T=5, **o), steps, warmup, repeats, False)
         rows.append(f"| {name} | {statistics.median(windows) * 1e3:.2f} | {warm:.1f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+#: the closed-form steps, replayed from their trace (the default) and eager
+TRACE_CASES = [
+    ("SNIS", "K = 1024", lambda trace: SNIS(num_proposals=1024, trace=trace)),
+    ("LARS", "T = 1024", lambda trace: LARS(T=1024, num_z_samples=1024, trace=trace)),
+    ("HIS", "T = 5", lambda trace: HIS(T=5, trace=trace)),
+]
+
+
+def trace_table(steps: int, warmup: int, repeats: int, rounds: int = 2) -> list[str]:
+    """Rows of ms per ``Trainer.fit`` step of each closed form, traced and eager: the median of all
+    windows of ``rounds`` runs of each, the two alternating."""
+    rows = []
+    for name, size, make in TRACE_CASES:
+        windows = {True: [], False: []}
+        for _ in range(rounds):
+            for trace in (True, False):
+                windows[trace] += lightning_seconds(lambda t=trace, m=make: m(t), steps, warmup, repeats, False)
+        traced, eager = (statistics.median(windows[t]) * 1e3 for t in (True, False))
+        rows.append(f"| {name} | {size} | {traced:.2f} | {eager:.2f} | {eager / traced:.2f} |")
         print(rows[-1], flush=True)
     return rows
 
@@ -197,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         print(rows[-1], flush=True)
     parts = breakdown_ms(CASES[0][3], opts.steps, opts.warmup)
     his_rows = his_paths_table(opts.steps, opts.warmup, opts.repeats)
+    trace_rows = trace_table(opts.steps, opts.warmup, opts.repeats)
     took = time.time() - began
     header = [
         "| model | size | bare loop (ms/step) | bare loop, torch.compile (ms/step) | Trainer.fit (ms/step) "
@@ -224,7 +249,18 @@ def main(argv: list[str] | None = None) -> None:
             "uses the step engine (several steps per Lightning batch) and, on the CPU, the closed-form gradients "
             "of SNIS, LARS and HIS, so its column can be below the bare loop's.",
             "",
-            "### HIS's training gradient, three ways (`Trainer.fit`, T = 5)",
+            "### Closed-form steps replayed from their trace, against eager (`Trainer.fit`)",
+            "",
+            "`trace=True` (the default) records the closed-form step once with `torch.jit.trace` and replays "
+            "it (`eim_lightning.modules.traced`; bitwise the same results); `trace=False` runs it eagerly. "
+            f"Median ms per step over all windows of two runs of each, the two alternating ({opts.repeats} "
+            f"windows of {opts.steps} steps per run).",
+            "",
+            "| model | size | traced (ms/step) | eager (ms/step) | eager / traced |",
+            "|---|---|---|---|---|",
+            *trace_rows,
+            "",
+            "### HIS's training gradient, four ways (`Trainer.fit`, T = 5)",
             "",
             f"Median ms per step over the same windows; warm-up: the seconds of the first {opts.warmup} steps, "
             "which include compilation (an empty on-disk compile cache; inductor's in-process state, such as its "
