@@ -144,10 +144,10 @@ def lightning_run(make, steps: int, warmup: int, repeats: int, fast: bool) -> tu
 
 #: HIS's training gradient four ways (module options), each in ``Trainer.fit``
 HIS_PATHS = [
-    ("closed form, replayed from its trace (the CPU default below 50,000 steps)", {}),
+    ("closed form, replayed from its trace (the CPU default)", {}),
     ("closed form, eager (`trace=False`)", {"trace": False}),
     ("autograd, eager", {"closed_form": False, "compile": False}),
-    ("autograd, torch.compile (the default from 50,000 steps)", {"compile": True}),
+    ("autograd, torch.compile (the default from 50,000 steps with `trace=False`)", {"compile": True}),
 ]
 
 
@@ -264,9 +264,9 @@ def main(argv: list[str] | None = None) -> None:
             "",
             f"Median ms per step over the same windows; warm-up: the seconds of the first {opts.warmup} steps, "
             "which include compilation (an empty on-disk compile cache; inductor's in-process state, such as its "
-            "CPU-feature probes, is warm from the compiled columns above). The automatic choice compiles a "
-            "closed-form step only in runs of at least 50,000 steps "
-            "(`eim_lightning.modules.engine.CLOSED_FORM_COMPILE_MIN_STEPS`).",
+            "CPU-feature probes, is warm from the compiled columns above). The automatic choice never compiles "
+            "a closed-form step replayed from its trace, and compiles an eager one (`trace=False`) only in runs "
+            "of at least 50,000 steps (`eim_lightning.modules.engine.CLOSED_FORM_COMPILE_MIN_STEPS`).",
             "",
             "| gradient | Trainer.fit (ms/step) | warm-up (s) |",
             "|---|---|---|",

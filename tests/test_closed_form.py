@@ -245,25 +245,29 @@ def test_closed_form_is_rejected_with_a_clear_error_when_not_a_flag():
     assert not TRS().offers_closed_form()  # TRS has no closed form: autograd
 
 
+@pytest.mark.parametrize("trace", [True, False])
 @pytest.mark.parametrize("steps", [COMPILE_MIN_STEPS, CLOSED_FORM_COMPILE_MIN_STEPS])
-def test_his_trains_in_closed_form_and_compiles_only_runs_long_enough_to_repay_it(tmp_path, monkeypatch, steps):
-    """With closed-form gradients a run is compiled only from CLOSED_FORM_COMPILE_MIN_STEPS on
-    (then without the closed form); an explicit compile=True always compiles."""
+def test_his_trains_in_closed_form_and_compiles_only_runs_long_enough_to_repay_it(tmp_path, monkeypatch, steps, trace):
+    """With closed-form gradients replayed from their trace a run is never compiled
+    automatically; run eagerly (trace=False), only from CLOSED_FORM_COMPILE_MIN_STEPS on (then
+    without the closed form); an explicit compile=True always compiles."""
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda fn, **options: compiled.append(fn) or fn)  # record, do not compile
     data = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4)
 
     def fit(**kwargs):
-        model = HIS(T=1, **kwargs)
+        model = HIS(T=1, trace=trace, **kwargs)
         quiet_trainer(tmp_path, max_steps=steps, limit_train_batches=1, max_epochs=1).fit(model, data)
         return model
 
     model = fit()
-    long_run = steps >= CLOSED_FORM_COMPILE_MIN_STEPS
-    assert (model._compiled_bound is not None) is long_run and model._closed_form_on is not long_run
-    assert len(compiled) == int(long_run)
+    compiles = steps >= CLOSED_FORM_COMPILE_MIN_STEPS and not trace
+    assert (model._compiled_bound is not None) is compiles and model._closed_form_on is not compiles
+    assert (model._traced_closed_form is not None) is trace
+    assert len(compiled) == int(compiles)
     forced = fit(compile=True)
     assert forced._compiled_bound is not None and not forced._closed_form_on
+    assert forced._traced_closed_form is None
 
 
 @pytest.mark.parametrize(

@@ -30,10 +30,12 @@ through ``torch.compile`` (forward and backward; the optimiser is one fused kern
 costs seconds to minutes of compilation at the first step, so the automatic choice compiles only
 where it was measured to pay (a density with ``compile_pays = True``: HIS, whose leapfrog is
 hundreds of small operations, ran 2.6x faster per step compiled on the CPU than through
-autograd) and only for runs of at least :data:`COMPILE_MIN_STEPS` steps, or
-:data:`CLOSED_FORM_COMPILE_MIN_STEPS` where the step has closed-form gradients (below), which
-are nearly as fast without compiling; on the CPU with inductor's C++ wrapper (one compiled
-module, faster to build and to call). A compiled step does not use the closed form. Steps whose
+autograd) and only for runs of at least :data:`COMPILE_MIN_STEPS` steps; where the step has
+closed-form gradients (below), never when they are replayed from their trace (HIS's 2-D step
+traced was faster than compiled: 2.34 against 2.98 ms in docs/BENCHMARKS_BREAKDOWN.md) and
+from :data:`CLOSED_FORM_COMPILE_MIN_STEPS` on when they run eagerly (``trace=False``); on the
+CPU with inductor's C++ wrapper (one compiled module, faster to build and to call). A compiled
+step does not use the closed form. Steps whose
 diagnostics are logged run eagerly, and so does a batch of another shape than the first compiled
 one (an epoch's last, partial batch: recompiling for it took another 30 s on 2 CPU cores, inside
 the run). If compilation fails, training warns once and continues eagerly.
@@ -86,10 +88,10 @@ MAX_STEPS_PER_BLOCK = 50
 #: the shortest run the automatic choice compiles (compilation takes 10-30 s on 2 CPU cores)
 COMPILE_MIN_STEPS = 5000
 
-#: the same where the step has closed-form gradients (HIS's 2-D step: 3.39 ms closed form against
-#: 2.33 ms compiled after 27 s of compilation with an empty on-disk cache in one run of
-#: ``bench/toy2d_steps.py``, docs/BENCHMARKS_BREAKDOWN.md: a break-even near 26,000 steps; a fresh
-#: process compiles for longer)
+#: the same where the step has closed-form gradients run eagerly (``trace=False``; HIS's 2-D step,
+#: in one run of ``bench/toy2d_steps.py``: 3.39 ms eager closed form against 2.33 ms compiled after
+#: 27 s of compilation with an empty on-disk cache, a break-even near 26,000 steps; a fresh process
+#: compiles for longer)
 CLOSED_FORM_COMPILE_MIN_STEPS = 50_000
 
 _STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
@@ -282,8 +284,9 @@ class StepEngineMixin:
             return
         density = getattr(self, "density", None)
         shortest = CLOSED_FORM_COMPILE_MIN_STEPS if self._closed_form_on else COMPILE_MIN_STEPS
-        if self.compile or (getattr(density, "compile_pays", False) and self._run_length() >= shortest):
-            self._closed_form_on = False
+        pays = getattr(density, "compile_pays", False) and self._traced_closed_form is None
+        if self.compile or (pays and self._run_length() >= shortest):
+            self._closed_form_on, self._traced_closed_form = False, None
             # on the CPU, inductor's C++ wrapper: one compiled module instead of a Python wrapper
             # around dozens of separately built kernels (measured: the MNIST VAE's HIS-prior step
             # compiled in 23 s instead of 34 s and ran 7% faster)
