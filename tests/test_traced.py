@@ -90,6 +90,27 @@ def test_a_failed_trace_warns_once_and_the_step_runs_eagerly(monkeypatch):
     assert tracer(torch.randn(8, 2)) is None  # no second attempt, no second warning
 
 
+def test_a_module_with_a_trace_still_pickles_and_its_copy_traces_again(tmp_path):
+    """``torch.save`` of a whole fitted module (TorchScript cannot pickle the trace, so it is
+    left out) and the copy's next step traces afresh, bitwise the original's."""
+    module = SNIS(num_proposals=16)
+    quiet_trainer(tmp_path, max_steps=60, limit_val_batches=0).fit(
+        module, datamodule=Toy2DDataModule(steps_per_epoch=60)
+    )
+    tracer = module._traced_closed_form
+    assert tracer._traced is not None
+    path = tmp_path / "module.pt"
+    torch.save(module, path)
+    copy = torch.load(path, weights_only=False)._traced_closed_form
+    assert copy._traced is None and copy.density is not module.density
+    x = torch.randn(128, 2)
+    results = []
+    for t in (tracer, copy):
+        torch.manual_seed(3)
+        results.append(t(x))
+    assert copy._traced is not None and torch.equal(*results)
+
+
 def test_only_densities_with_a_pure_closed_form_are_traced():
     assert all(has_pure_closed_form(make()) for make in DENSITIES.values())
     assert not has_pure_closed_form(D.TRS(D.Normal(2), MLP(2, [4], 1), T=8))  # autograd only

@@ -68,6 +68,11 @@ class TracedClosedForm:
         self._key: tuple | None = None
         self._failed = False
 
+    def __getstate__(self) -> dict:
+        """Pickled (``torch.save`` of a whole module, ``deepcopy``) without the trace, which
+        TorchScript cannot pickle; a copy traces again at its first step."""
+        return {**self.__dict__, "_traced": None, "_key": None}
+
     @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor | None:
         """The training bound ``[B]`` of ``x`` with the loss's gradients added to the parameters'
