@@ -62,7 +62,7 @@ class HIS(Density):
         alpha_init: initial tempering factor ``alpha_t`` (every step), in (0, 1].
     """
 
-    #: hundreds of small leapfrog operations: 2.5x faster per 2-D step compiled than through autograd
+    #: hundreds of small leapfrog operations: 2.1x faster per 2-D step compiled than through autograd
     #: (CPU, docs/BENCHMARKS_BREAKDOWN.md); the closed form (below) replayed from its trace was faster
     #: still there, so the step engine compiles HIS automatically only where that is not in use
     compile_pays = True
