@@ -62,10 +62,15 @@ class HIS(Density):
         alpha_init: initial tempering factor ``alpha_t`` (every step), in (0, 1].
     """
 
-    #: hundreds of small leapfrog operations: 2.1x faster per 2-D step compiled than through autograd
-    #: (CPU, docs/BENCHMARKS_BREAKDOWN.md); the closed form (below) replayed from its trace was faster
-    #: still there, so the step engine compiles HIS automatically only where that is not in use
-    compile_pays = True
+    @property
+    def compile_pays(self) -> bool:  # type: ignore[override]
+        """Hundreds of small leapfrog operations: 2.1x faster per 2-D step compiled than through
+        autograd (CPU, docs/BENCHMARKS_BREAKDOWN.md); the closed form (below) replayed from its
+        trace was faster still there, so the step engine compiles HIS automatically only where that
+        is not in use. Only with an MLP potential, whose ``grad E`` is in closed form: any other
+        potential's comes from ``autograd.grad`` with a graph, and torch.compile cannot take its
+        double backward (a jittered-MNIST HIS with a rescaled potential failed at its first step)."""
+        return isinstance(self.potential, MLP) and self.potential.has_input_gradient
 
     def __init__(
         self,
