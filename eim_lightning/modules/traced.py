@@ -7,8 +7,8 @@ pays for Python: parsing its arguments, and the code between operations (module 
 building, attribute lookups). ``torch.jit.trace`` records the sequence once, in a fraction of a
 second, and TorchScript's interpreter replays it without any of that. The replay runs with the
 executor's graph optimisations off (``torch.jit.optimized_execution(False)``): with them HIS's
-replay ran slower (about 1.4 against 0.85 ms a call in a throwaway comparison), and without them
-the interpreter runs exactly the recorded operations. So the operations and their inputs are the
+replay ran slower when tried, and without them the interpreter runs exactly the recorded
+operations. So the operations and their inputs are the
 same, and the replay's bound and gradients are bitwise those of the eager step, random draws
 included: they come from the same default generator, in the same order.
 
