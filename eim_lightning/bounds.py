@@ -170,6 +170,11 @@ def trs_lower_bound(
     return log_pi_x + a_term + mean_t * as_float32_or_wider(mean_log1m_a_neg) + entropy
 
 
+def _log_s_series(s: Tensor, n: int) -> Tensor:
+    """``log S`` near ``Z = 0`` by its series in ``s = log(1 - Z)`` (:func:`lars_log_prob`)."""
+    return math.log(n) + s * ((n - 1) / 2) + s**2 * ((n**2 - 1) / 24) - s**4 * ((n**4 - 1) / 2880)
+
+
 def lars_log_prob(log_pi_x: Tensor, log_a_x: Tensor, z: Tensor, T: int) -> Tensor:
     """Log-density ``[B]`` of truncated rejection sampling given its acceptance rate ``Z``.
 
@@ -205,7 +210,7 @@ def lars_log_prob(log_pi_x: Tensor, log_a_x: Tensor, z: Tensor, T: int) -> Tenso
     near_zero = (z >= 0) & (last > -1e-2)
     # each branch on arguments safe for the other's entries, so neither makes NaN gradients
     s0 = torch.where(near_zero, s, torch.zeros_like(s))
-    series = math.log(n) + s0 * ((n - 1) / 2) + s0**2 * ((n**2 - 1) / 24) - s0**4 * ((n**4 - 1) / 2880)
+    series = _log_s_series(s0, n)
     z1 = torch.where(near_zero, torch.full_like(z, 0.5), z)
     direct = log1mexp(n * torch.log1p(-z1)) - torch.log(z1)
     log_geo = torch.where(near_zero, series, direct)
@@ -233,7 +238,7 @@ def lars_geometry(z: Tensor, T: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     ds = -torch.reciprocal(1.0 - z0)
     last = n * s
     near = last > -1e-2
-    series = math.log(n) + s * ((n - 1) / 2) + s**2 * ((n**2 - 1) / 24) - s**4 * ((n**4 - 1) / 2880)
+    series = _log_s_series(s, n)
     d_series = ds * ((n - 1) / 2 + s * ((n**2 - 1) / 12) - s**3 * ((n**4 - 1) / 720))
     z1 = torch.where(near, half, z0)  # the direct formulas away from 0
     last1 = n * torch.log1p(-z1)

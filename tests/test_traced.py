@@ -12,7 +12,7 @@ from datamodules import Toy2DDataModule
 from eim_lightning import HIS, LARS, SNIS
 from eim_lightning import densities as D
 from eim_lightning.modules import traced as traced_module
-from eim_lightning.modules.traced import TracedClosedForm, has_pure_closed_form
+from eim_lightning.modules.traced import TracedClosedForm
 from eim_lightning.nn import MLP
 from eim_lightning.optim import Adam
 
@@ -111,9 +111,25 @@ def test_a_module_with_a_trace_still_pickles_and_its_copy_traces_again(tmp_path)
     assert copy._traced is not None and torch.equal(*results)
 
 
-def test_only_densities_with_a_pure_closed_form_are_traced():
-    assert all(has_pure_closed_form(make()) for make in DENSITIES.values())
-    assert not has_pure_closed_form(D.TRS(D.Normal(2), MLP(2, [4], 1), T=8))  # autograd only
+class _OwnClosedForm(D.SNIS):
+    """A closed form of its own, not split into a pure part (``closed_form_gradients``)."""
+
+    closed_form_gradients = D.Density.closed_form_gradients
+
+    def closed_form_training_bound(self, x, diagnostics=True):
+        bound, pairs, saved = D.SNIS.closed_form_gradients(self, x)
+        self.add_gradients(pairs)
+        return bound, self.closed_form_finish(saved, diagnostics)
+
+
+def test_only_densities_with_a_pure_closed_form_are_traced(tmp_path):
+    """A density whose closed form is not split into a pure part trains in closed form, untraced."""
+    data = DataLoader(TensorDataset(torch.randn(64, 2)), batch_size=32)
+    models = [SNIS(num_proposals=8), SNIS(density=_OwnClosedForm(D.Normal(2), MLP(2, [4], 1), num_proposals=8))]
+    for model in models:
+        quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(model, data)
+    assert all(model._closed_form_on for model in models)
+    assert models[0]._traced_closed_form._traced is not None and models[1]._traced_closed_form is None
     with pytest.raises(ValueError, match="trace must be True or False"):
         SNIS(trace="yes")
 

@@ -71,7 +71,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from .traced import TracedClosedForm, has_pure_closed_form
+from ..densities import Density
+from .traced import TracedClosedForm
 
 __all__ = [
     "StepEngineMixin",
@@ -194,7 +195,7 @@ class StepEngineMixin:
         self.trace = trace
         self._closed_form_on = False
         self._traced_closed_form: TracedClosedForm | None = None
-        self._compiled_bound, self._compiled_shape = None, None
+        self._compiled_bound, self._compiled_shape, self._compiled_step = None, None, False
         if steps_per_block is not None and (
             isinstance(steps_per_block, bool) or not isinstance(steps_per_block, int) or steps_per_block < 1
         ):
@@ -279,7 +280,7 @@ class StepEngineMixin:
 
     def prepare_compiled_bound(self) -> None:
         """At ``on_train_start``: compile the one-step training bound where it pays (module doc)."""
-        self._compiled_bound, self._compiled_shape = None, None
+        self._compiled_bound, self._compiled_shape, self._compiled_step = None, None, False
         if self.compile is False or self.automatic_optimization:
             return
         density = getattr(self, "density", None)
@@ -306,7 +307,7 @@ class StepEngineMixin:
             and "mixed" not in str(self.trainer.precision)  # autocast: autograd handles the casts
             and (self.closed_form or self.device.type == "cpu")
         )
-        traced = self._closed_form_on and self.trace and has_pure_closed_form(density)
+        traced = self._closed_form_on and self.trace and overrides(density, "closed_form_gradients", Density)
         self._traced_closed_form = TracedClosedForm(density, type(self).__name__) if traced else None
 
     def compiled_bound(self, batch) -> Tensor | None:
@@ -321,14 +322,37 @@ class StepEngineMixin:
             return None
         self.check_batch(batch)  # the values, which the compiled graph does not check
         try:
-            return self._compiled_bound(batch)
+            bound = self._compiled_bound(batch)
         except Exception as err:  # noqa: BLE001 - any compiler failure: fall back to eager, loudly
-            rank_zero_warn(
-                f"{type(self).__name__}: torch.compile of the training step failed "
-                f"({type(err).__name__}: {str(err)[:300]}); training continues eagerly"
-            )
-            self._compiled_bound = None
+            self._compile_failed(err)
             return None
+        self._compiled_step = True
+        return bound
+
+    def _compile_failed(self, err: Exception) -> None:
+        rank_zero_warn(
+            f"{type(self).__name__}: torch.compile of the training step failed "
+            f"({type(err).__name__}: {str(err)[:300]}); training continues eagerly"
+        )
+        self._compiled_bound = None
+
+    def _step_with_gradients(self, step_batch, last: bool, optimizer) -> tuple[Tensor, Tensor, dict | None]:
+        """One step's loss, bound and diagnostics, with the loss's gradients in ``.grad``. A
+        compiled step whose backward fails (a graph torch.compile takes forward but not
+        backward, such as a double backward) is warned about and run again eagerly."""
+        optimizer.zero_grad(set_to_none=True)
+        self._compiled_step = False
+        loss, bound, diagnostics = self.step_loss(step_batch, last=last)
+        self._run_hooks("on_before_backward", loss)
+        if loss.requires_grad:  # else the step's gradients were computed in closed form
+            try:
+                loss.backward()
+            except Exception as err:  # noqa: BLE001 - re-raised unless the compiled graph failed
+                if not self._compiled_step:
+                    raise
+                self._compile_failed(err)
+                return self._step_with_gradients(step_batch, last, optimizer)
+        return loss, bound, diagnostics
 
     # -- one block --------------------------------------------------------------------------------
 
@@ -355,11 +379,7 @@ class StepEngineMixin:
             return out
         with self.checked_block(steps):
             for i, step_batch in enumerate(steps):
-                optimizer.zero_grad(set_to_none=True)
-                loss, bound, diagnostics = self.step_loss(step_batch, last=i == len(steps) - 1)
-                self._run_hooks("on_before_backward", loss)
-                if loss.requires_grad:  # else the step's gradients were computed in closed form
-                    loss.backward()
+                loss, bound, diagnostics = self._step_with_gradients(step_batch, i == len(steps) - 1, optimizer)
                 self._run_hooks("on_after_backward")
                 wrapper._on_before_step()
                 self._run_hooks("on_before_optimizer_step", optimizer)

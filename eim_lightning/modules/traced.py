@@ -31,12 +31,7 @@ from torch import Tensor, nn
 
 from ..densities import Density
 
-__all__ = ["TracedClosedForm", "has_pure_closed_form"]
-
-
-def has_pure_closed_form(density: Density) -> bool:
-    """Whether ``density`` implements :meth:`~eim_lightning.densities.Density.closed_form_gradients`."""
-    return type(density).closed_form_gradients is not Density.closed_form_gradients
+__all__ = ["TracedClosedForm"]
 
 
 class _PureStep(nn.Module):
@@ -58,7 +53,8 @@ class TracedClosedForm:
     """A density's closed-form training step replayed from its trace (module doc).
 
     Args:
-        density: a density that offers a pure closed form (:func:`has_pure_closed_form`).
+        density: a density that implements
+            :meth:`~eim_lightning.densities.Density.closed_form_gradients` (its pure closed form).
         owner: the name the warning gives if tracing fails.
     """
 
@@ -87,7 +83,7 @@ class TracedClosedForm:
         if self._key is not None and key != self._key:
             return None
         self.density.check_input(x)
-        if self._traced is None and not self._trace(x):
+        if self._traced is None and not self._trace(x, key):
             return None
         with torch.jit.optimized_execution(False):
             bound, *rest = self._traced(x)
@@ -96,7 +92,7 @@ class TracedClosedForm:
         self.density.closed_form_finish(tuple(rest[n:]), False)
         return bound
 
-    def _trace(self, x: Tensor) -> bool:
+    def _trace(self, x: Tensor, key: tuple) -> bool:
         cuda = [x.device] if x.device.type == "cuda" else []
         try:
             with warnings.catch_warnings(), torch.random.fork_rng(devices=cuda), torch.jit.optimized_execution(False):
@@ -115,5 +111,5 @@ class TracedClosedForm:
                 f"({type(err).__name__}: {str(err)[:300]}); it runs eagerly"
             )
             return False
-        self._traced, self._key = traced, (x.shape, x.dtype, x.device)
+        self._traced, self._key = traced, key
         return True
