@@ -164,24 +164,41 @@ def his_paths_table(steps: int, warmup: int, repeats: int) -> list[str]:
     return rows
 
 
-#: the closed-form steps, replayed from their trace (the default) and eager (HIS: in :data:`HIS_PATHS`)
-TRACE_CASES = [
-    ("SNIS", "K = 1024", lambda trace: SNIS(num_proposals=1024, trace=trace)),
-    ("LARS", "T = 1024", lambda trace: LARS(T=1024, num_z_samples=1024, trace=trace)),
+#: the closed-form steps (keyword options -> module)
+CLOSED_FORMS = [
+    ("SNIS", "K = 1024", lambda **options: SNIS(num_proposals=1024, **options)),
+    ("LARS", "T = 1024", lambda **options: LARS(T=1024, num_z_samples=1024, **options)),
+    ("HIS", "T = 5", lambda **options: HIS(T=5, **options)),
 ]
 
 
-def trace_table(steps: int, warmup: int, repeats: int, rounds: int = 2) -> list[str]:
-    """Rows of ms per ``Trainer.fit`` step of each closed form, traced and eager: the median of all
-    windows of ``rounds`` runs of each, the two alternating."""
+def alternating_ms(make, options: list[dict], steps: int, warmup: int, repeats: int, rounds: int = 2) -> list[float]:
+    """Median ms per ``Trainer.fit`` step of ``make(**o)`` for each ``o`` in ``options``: all windows
+    of ``rounds`` runs of each, the runs alternating."""
+    windows = [[] for _ in options]
+    for _ in range(rounds):
+        for seen, o in zip(windows, options):
+            seen += lightning_seconds(lambda o=o: make(**o), steps, warmup, repeats, False)
+    return [statistics.median(w) * 1e3 for w in windows]
+
+
+def trace_table(steps: int, warmup: int, repeats: int) -> list[str]:
+    """Rows of ms per step of each closed form, traced and eager (HIS's are in :data:`HIS_PATHS`)."""
     rows = []
-    for name, size, make in TRACE_CASES:
-        windows = {True: [], False: []}
-        for _ in range(rounds):
-            for trace in (True, False):
-                windows[trace] += lightning_seconds(lambda t=trace, m=make: m(t), steps, warmup, repeats, False)
-        traced, eager = (statistics.median(windows[t]) * 1e3 for t in (True, False))
+    for name, size, make in CLOSED_FORMS[:2]:
+        traced, eager = alternating_ms(make, [{}, {"trace": False}], steps, warmup, repeats)
         rows.append(f"| {name} | {size} | {traced:.2f} | {eager:.2f} | {eager / traced:.2f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def threads_table(steps: int, warmup: int, repeats: int) -> list[str]:
+    """Rows of ms per step of each closed form on one thread (the automatic ``step_threads``) and
+    on torch's default count."""
+    rows, default = [], torch.get_num_threads()
+    for name, size, make in CLOSED_FORMS:
+        one, many = alternating_ms(make, [{}, {"step_threads": default}], steps, warmup, repeats)
+        rows.append(f"| {name} | {size} | {one:.2f} | {many:.2f} | {many / one:.2f} |")
         print(rows[-1], flush=True)
     return rows
 
@@ -221,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     parts = breakdown_ms(CASES[0][3], opts.steps, opts.warmup)
     his_rows = his_paths_table(opts.steps, opts.warmup, opts.repeats)
     trace_rows = trace_table(opts.steps, opts.warmup, opts.repeats)
+    thread_rows = threads_table(opts.steps, opts.warmup, opts.repeats)
     took = time.time() - began
     header = [
         "| model | size | bare loop (ms/step) | bare loop, torch.compile (ms/step) | Trainer.fit (ms/step) "
@@ -258,6 +276,17 @@ def main(argv: list[str] | None = None) -> None:
             "| model | size | traced (ms/step) | eager (ms/step) | eager / traced |",
             "|---|---|---|---|---|",
             *trace_rows,
+            "",
+            "### Closed-form steps on one thread, against torch's default count (`Trainer.fit`)",
+            "",
+            "The engine runs blocks of closed-form steps on the CPU on one intra-op thread (`step_threads=None`, "
+            f"automatic) and restores torch's count ({torch.get_num_threads()} here) after each block; "
+            f"`step_threads={torch.get_num_threads()}` keeps torch's count during the steps too. Median ms per "
+            "step over all windows of two runs of each, alternating.",
+            "",
+            f"| model | size | one thread (ms/step) | {torch.get_num_threads()} threads (ms/step) | ratio |",
+            "|---|---|---|---|---|",
+            *thread_rows,
             "",
             "### HIS's training gradient, four ways (`Trainer.fit`, T = 5)",
             "",

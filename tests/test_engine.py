@@ -376,3 +376,44 @@ def test_a_compiled_his_step_trains_and_matches_the_eager_bound(tmp_path):
     assert abs(compiled.mean().item() - eager.mean().item()) < 1.0
     with pytest.raises(ValueError, match="compile must be"):
         SNIS(compile="yes")
+
+
+# -- threads -------------------------------------------------------------------------------------
+
+
+class _ThreadsAtSteps(L.Callback):
+    def __init__(self):
+        self.seen = set()
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        self.seen.add(torch.get_num_threads())
+
+    def on_validation_start(self, trainer, module):
+        self.seen.add(("validation", torch.get_num_threads()))
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda: SNIS(num_proposals=16), 1),  # closed form on the CPU: one thread (automatic)
+        (lambda: LARS(T=8, num_z_samples=8), 1),
+        (lambda: SNIS(num_proposals=16, closed_form=False), 2),  # autograd: torch's setting
+        (lambda: SNIS(num_proposals=16, step_threads=3), 3),
+    ],
+)
+def test_blocks_of_closed_form_steps_run_on_one_thread_and_torch_setting_is_restored(tmp_path, make, expected):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        threads = _ThreadsAtSteps()
+        trainer = _trainer(tmp_path, max_steps=20, limit_val_batches=1, callbacks=[threads])
+        trainer.fit(make(), datamodule=Toy2DDataModule(steps_per_epoch=10))
+        assert threads.seen == {expected, ("validation", 2)} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "2"])
+def test_step_threads_must_be_a_positive_integer(value):
+    with pytest.raises(ValueError, match="step_threads must be None"):
+        SNIS(step_threads=value)

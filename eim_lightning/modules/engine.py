@@ -54,6 +54,15 @@ pure tensor operations (``Density.closed_form_gradients``: SNIS, LARS and HIS), 
 TorchScript trace (``trace``; default True; :mod:`.traced`): bitwise the same results, without
 Python's cost per operation; steps whose diagnostics are logged run it eagerly.
 
+**Threads** (``step_threads``; default ``None`` = automatic): a closed-form step on the CPU is a
+chain of operations on tensors of a few thousand numbers, too small to gain from a second thread;
+handing each to torch's pool of intra-op threads costs more than it saves. The automatic choice
+runs blocks of closed-form steps on one thread and restores torch's setting after each block, so
+validation, sampling and images keep every thread (measured on 2 cores, steps of SNIS, LARS and HIS
+on one thread against two: ``bench/toy2d_steps.py``, docs/BENCHMARKS_BREAKDOWN.md). Autograd steps keep torch's
+setting (TRS, whose T = 1024 proposals fill bigger tensors, was faster on two); an integer sets
+the count for every block.
+
 A user's own DataLoader takes the same manual path with N = 1. Lightning's automatic
 optimisation (the closure path, N = 1) is used instead where manual optimisation cannot honour a
 setting: gradient clipping (``gradient_clip_val``), gradient accumulation
@@ -63,6 +72,7 @@ Lightning), and mixed precision with a gradient scaler (``16-mixed``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -159,6 +169,20 @@ def overrides(obj, hook: str, base) -> bool:
     return getattr(type(obj), hook, None) is not getattr(base, hook, None)
 
 
+@contextlib.contextmanager
+def intra_op_threads(n: int | None):
+    """Run the body with ``torch.set_num_threads(n)`` (None: unchanged), then restore the count."""
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class StepEngineMixin:
     """Manual-optimisation training loop with several optimiser steps per Lightning batch.
 
@@ -174,6 +198,9 @@ class StepEngineMixin:
         closed_form: use the density's closed-form training gradients (None: on the CPU where the
             density has them; see the module doc).
         trace: replay pure closed-form steps from a TorchScript trace (False: run them eagerly).
+        step_threads: torch's intra-op threads while a block of training steps runs, restored
+            after it (None: automatic, one thread for closed-form steps on the CPU, else torch's
+            setting; see the module doc).
     """
 
     def __init__(
@@ -182,6 +209,7 @@ class StepEngineMixin:
         compile: bool | None = None,
         closed_form: bool | None = None,
         trace: bool = True,
+        step_threads: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -193,6 +221,11 @@ class StepEngineMixin:
         self.compile = compile
         self.closed_form = closed_form
         self.trace = trace
+        if step_threads is not None and (
+            isinstance(step_threads, bool) or not isinstance(step_threads, int) or step_threads < 1
+        ):
+            raise ValueError(f"step_threads must be None (automatic) or an integer >= 1, got {step_threads!r}")
+        self.step_threads = step_threads
         self._closed_form_on = False
         self._traced_closed_form: TracedClosedForm | None = None
         self._compiled_bound, self._compiled_shape, self._compiled_step = None, None, False
@@ -364,6 +397,11 @@ class StepEngineMixin:
                 else:
                     getattr(owner, hook)(self.trainer, self, *args)
 
+    def _block_threads(self) -> int | None:
+        if self.step_threads is not None:
+            return self.step_threads
+        return 1 if self._closed_form_on and self.device.type == "cpu" else None
+
     def run_block(self, batch) -> list[tuple[Tensor, Tensor, dict | None]]:
         """Run the optimiser steps of one Lightning batch; returns each step's (loss, bound, diagnostics)."""
         trainer = self.trainer
@@ -377,7 +415,7 @@ class StepEngineMixin:
         out = []
         if not steps:
             return out
-        with self.checked_block(steps):
+        with self.checked_block(steps), intra_op_threads(self._block_threads()):
             for i, step_batch in enumerate(steps):
                 loss, bound, diagnostics = self._step_with_gradients(step_batch, i == len(steps) - 1, optimizer)
                 self._run_hooks("on_after_backward")
