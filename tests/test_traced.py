@@ -154,3 +154,51 @@ def test_training_through_the_trace_is_bitwise_eager_training(tmp_path, cls):
     assert fast._traced_closed_form._traced is not None and slow._traced_closed_form is None
     for a, b in zip([*fast.parameters(), *fast.buffers()], [*slow.parameters(), *slow.buffers()], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+class _Arithmetic(torch.nn.Module):
+    """Numbers the trace records as 0-d constants: a float64 ``0.1`` and an int64 ``3``."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = torch.nn.Linear(2, 2)
+
+    def forward(self, x):
+        return (self.inner(x) * 0.1 + x * 3,)
+
+
+def _scalar_casts(fn, x) -> int:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        fn(x)
+    events = prof.key_averages(group_by_input_shape=True)
+    return sum(e.count for e in events if e.key == "aten::to" and e.input_shapes[0] == [])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_the_flattened_replay_skips_the_casts_of_recorded_numbers_and_computes_the_same(dtype):
+    """``_flattened`` inlines the submodule and stores ``0.1`` and ``3`` in the dtype their
+    arithmetic reads them in, so the replay casts no number; in bfloat16, whose kernels read a
+    number in float32, they stay as recorded. The results are bitwise the trace's either way."""
+    module = _Arithmetic().to(dtype)
+    x = torch.randn(64, 2, dtype=dtype)
+    with torch.no_grad(), torch.jit.optimized_execution(False), pytest.warns(FutureWarning):
+        traced = torch.jit.trace(module, (x,), check_trace=False)
+    flat = traced_module._flattened(traced)
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        assert torch.equal(flat(x)[0], traced(x)[0])
+        assert _scalar_casts(traced, x) == (1 if dtype == torch.float64 else 2)  # 0.1 is float64 already
+        assert _scalar_casts(flat, x) == (2 if dtype == torch.bfloat16 else 0)
+
+
+def test_without_the_graph_api_the_trace_serves_as_recorded(monkeypatch):
+    def missing(traced):
+        raise AttributeError("module 'torch._C' has no attribute '_create_function_from_graph'")
+
+    monkeypatch.setattr(traced_module, "_flattened", missing)
+    batches = [torch.randn(64, 2, generator=torch.Generator().manual_seed(i)) for i in range(5)]
+    runs = []
+    for traced in (True, False):
+        torch.manual_seed(0)
+        runs.append(_adam_steps(DENSITIES["his"](), batches, traced))
+    for a, b in zip(*(params + bounds for params, bounds in runs), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
