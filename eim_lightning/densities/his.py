@@ -64,8 +64,9 @@ class HIS(Density):
 
     @property
     def compile_pays(self) -> bool:  # type: ignore[override]
-        """Hundreds of small leapfrog operations: 3.0x faster per 2-D step compiled than through
-        autograd (CPU, 1.99 against 5.98 ms in docs/BENCHMARKS_BREAKDOWN.md); the closed form (below) replayed from its
+        """Hundreds of small leapfrog operations: 1.5-3x faster per 2-D step compiled than through
+        autograd in runs of ``bench/toy2d_steps.py`` (CPU; 3.53 against 5.27 ms in
+        docs/BENCHMARKS_BREAKDOWN.md); the closed form (below) replayed from its
         trace was faster still there, so the step engine compiles HIS automatically only where that
         is not in use. Only with an MLP potential, whose ``grad E`` is in closed form: any other
         potential's comes from ``autograd.grad`` with a graph, and torch.compile cannot take its

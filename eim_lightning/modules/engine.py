@@ -32,7 +32,7 @@ where it was measured to pay (a density with ``compile_pays = True``: HIS, whose
 hundreds of small operations, ran 2.6x faster per step compiled on the CPU than through
 autograd) and only for runs of at least :data:`COMPILE_MIN_STEPS` steps; where the step has
 closed-form gradients (below), never when they are replayed from their trace (HIS's 2-D step
-traced was faster than compiled: 1.72 against 1.99 ms in docs/BENCHMARKS_BREAKDOWN.md) and
+traced was faster than compiled: 1.60 against 3.53 ms in docs/BENCHMARKS_BREAKDOWN.md) and
 from :data:`CLOSED_FORM_COMPILE_MIN_STEPS` on when they run eagerly (``trace=False``); on the
 CPU with inductor's C++ wrapper (one compiled module, faster to build and to call). A compiled
 step does not use the closed form. Steps whose
@@ -102,8 +102,8 @@ COMPILE_MIN_STEPS = 5000
 #: the same where the step has closed-form gradients run eagerly (``trace=False``; HIS's 2-D step
 #: in two runs of ``bench/toy2d_steps.py``: 3.39 ms eager closed form against 2.33 ms compiled, a
 #: break-even near 26,000 steps after 27 s of compilation with an empty on-disk cache; 2.87 against
-#: 3.07, no break-even; 3.12 against 1.99 after 29.8 s, again near 26,000 (the last is
-#: docs/BENCHMARKS_BREAKDOWN.md); a fresh process compiles for longer)
+#: 3.07, no break-even; 3.12 against 1.99 after 29.8 s, again near 26,000; 2.89 against 3.53, none
+#: (the last is docs/BENCHMARKS_BREAKDOWN.md); a fresh process compiles for longer)
 CLOSED_FORM_COMPILE_MIN_STEPS = 50_000
 
 _STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
