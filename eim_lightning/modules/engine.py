@@ -170,6 +170,13 @@ def overrides(obj, hook: str, base) -> bool:
     return getattr(type(obj), hook, None) is not getattr(base, hook, None)
 
 
+def _optional_count(name: str, value: int | None) -> int | None:
+    """``value`` if it is None (automatic) or an integer >= 1; else a clear ``ValueError``."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be None (automatic) or an integer >= 1, got {value!r}")
+    return value
+
+
 @contextlib.contextmanager
 def intra_op_threads(n: int | None):
     """Run the body with ``torch.set_num_threads(n)`` (None: unchanged), then restore the count."""
@@ -222,19 +229,11 @@ class StepEngineMixin:
         self.compile = compile
         self.closed_form = closed_form
         self.trace = trace
-        if step_threads is not None and (
-            isinstance(step_threads, bool) or not isinstance(step_threads, int) or step_threads < 1
-        ):
-            raise ValueError(f"step_threads must be None (automatic) or an integer >= 1, got {step_threads!r}")
-        self.step_threads = step_threads
+        self.step_threads = _optional_count("step_threads", step_threads)
         self._closed_form_on = False
         self._traced_closed_form: TracedClosedForm | None = None
         self._compiled_bound, self._compiled_shape, self._compiled_step = None, None, False
-        if steps_per_block is not None and (
-            isinstance(steps_per_block, bool) or not isinstance(steps_per_block, int) or steps_per_block < 1
-        ):
-            raise ValueError(f"steps_per_block must be None (automatic) or an integer >= 1, got {steps_per_block!r}")
-        self.steps_per_block = steps_per_block
+        self.steps_per_block = _optional_count("steps_per_block", steps_per_block)
         self._block_size = 1
         self._step_hooks: list = []
         self._user_automatic_optimization: bool | None = None
