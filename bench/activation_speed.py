@@ -8,8 +8,8 @@ composite and ``eim_lightning.nn.Tanh`` at the sizes of HIS's 2-D leapfrog layer
 layer (128 x 300) and an MNIST SNIS prior's energy layer (1152 x 100); torch's logsigmoid
 against ``eim_lightning.ops.log_sigmoid`` at a VAE's Bernoulli logits (128 x 784); and
 microseconds of ``left^T right`` for the weight gradients of a 2-D closed-form step's first
-layer, both orientations. Why: the docstrings of ``nn.Tanh``, ``ops.log_sigmoid`` and
-``nn._sum_of_outer_products``.
+layer, both orientations. Why: the docstrings of ``nn.Tanh``, ``nn.MLP._sigmoid_forward``,
+``ops.log_sigmoid`` and ``nn._sum_of_outer_products``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from eim_lightning.nn import Tanh, _sigmoid_tanh
+from eim_lightning.nn import MLP, Tanh, _sigmoid_tanh
 from eim_lightning.ops import log_sigmoid
 
 
@@ -69,6 +69,17 @@ def main() -> None:
             per_element(forward_backward(ours), xg, args.repeats),
         ]
         print(f"| {rows} x {width} | " + " | ".join(f"{c:.2f}" for c in cells) + " | |")
+    print()
+    print("| MLP, rows | layers as written (us) | folded (us) | folded / layers |")
+    print("|---|---|---|---|")
+    for sizes, rows in (((2, [20, 20], 1), 32768), ((50, [100, 100], 1), 1024)):
+        net = MLP(*sizes)
+        x = torch.randn(rows, sizes[0])
+        with torch.no_grad():
+            layers = per_element(net.net, x, args.repeats) * x.numel() / 1e3
+            folded = per_element(net, x, args.repeats) * x.numel() / 1e3
+        name = f"{sizes[0]}-{'-'.join(map(str, sizes[1]))}-{sizes[2]}"
+        print(f"| {name}, {rows} | {layers:.0f} | {folded:.0f} | {folded / layers:.2f} |")
     print()
     print(
         "| size | torch logsigmoid fwd | log_sigmoid fwd | torch logsigmoid fwd+bwd | log_sigmoid fwd+bwd "

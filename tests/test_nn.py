@@ -90,3 +90,60 @@ def test_small_tanh_without_gradients_is_torch_tanh():
     with torch.no_grad():
         y = Tanh()(x)
     assert torch.equal(y, torch.tanh(x))
+
+
+def _tanh_reference(net: MLP, h: torch.Tensor) -> torch.Tensor:
+    """The tanh network in float64 by its definition (torch.tanh), layer by layer."""
+    linears = [m for m in net.net if isinstance(m, torch.nn.Linear)]
+    h = h.double()
+    for linear in linears[:-1]:
+        h = torch.tanh(torch.nn.functional.linear(h, linear.weight.double(), linear.bias.double()))
+    last = linears[-1]
+    return torch.nn.functional.linear(h, last.weight.double(), None if last.bias is None else last.bias.double())
+
+
+@pytest.mark.parametrize(
+    "shape, kwargs",
+    [
+        ((2, [20, 20], 1), {}),
+        ((50, [100, 100], 1), {}),
+        ((3, [7, 5, 3], 4), {"output_bias": False}),
+        ((3, [], 2), {}),
+        ((2, [20], 1), {"context_dim": 3}),
+    ],
+    ids=["2d-energy", "mnist-prior", "deep-no-output-bias", "no-hidden", "context"],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mlp_without_gradients_is_the_tanh_network_as_a_sigmoid_network(monkeypatch, shape, kwargs, dtype):
+    """Where nothing records, a large call runs MLP._sigmoid_forward (tanh folded into the
+    weights): the tanh network's values, to a few eps of its layers' sums, any leading dims."""
+    torch.manual_seed(0)
+    net = MLP(*shape, **kwargs).to(dtype)
+    for p in net.parameters():
+        torch.nn.init.normal_(p)  # biases nonzero: their folding is exercised
+    calls = []
+    fold = MLP._sigmoid_forward
+    monkeypatch.setattr(MLP, "_sigmoid_forward", lambda self, h: calls.append(h.shape) or fold(self, h))
+    x = 2 * torch.randn(3, 3000, shape[0], dtype=dtype)
+    context = torch.randn(3, 1, kwargs["context_dim"], dtype=dtype) if "context_dim" in kwargs else None
+    with torch.no_grad():
+        y = net(x, context)
+    assert calls, "the folded forward did not run"
+    h = x if context is None else torch.cat([x, context.expand(3, 3000, -1)], -1)
+    exact = _tanh_reference(net, h)
+    assert y.shape == exact.shape and y.dtype == dtype
+    # error relative to the size of what each output sums (tanh outputs are at most 1)
+    scale = sum(m.weight.abs().sum(1).max().item() for m in net.net if isinstance(m, torch.nn.Linear))
+    assert (y.double() - exact).abs().max().item() <= 64 * torch.finfo(dtype).eps * scale
+    with torch.inference_mode():
+        assert torch.equal(net(x, context), y)
+
+
+def test_mlp_small_calls_and_recorded_calls_are_the_layers_themselves():
+    """Below 2^12 hidden units per call, or where autograd records, the layers run as written."""
+    net = MLP(2, [20, 20], 1)
+    small = torch.randn(100, 2)
+    with torch.no_grad():
+        assert torch.equal(net(small), net.net(small))
+    large = torch.randn(5000, 2)
+    assert torch.equal(net(large), net.net(large))
