@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import EIMCLI
+from .cli import EIMCLI, freeze_imported_objects
 from .densities import Normal
 
 __all__ = ["main", "run", "demo_config"]
@@ -63,6 +63,7 @@ def demo_config(algo: str, target: str, steps: int, output: str) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``eim-demo``."""
+    freeze_imported_objects()
     run(argv)
 
 

@@ -192,3 +192,33 @@ def test_demo_runs_end_to_end_and_reports_its_bound(tmp_path, capsys):
     assert "-2.0794" in out and "TensorBoard logs" in out
     images = list(tmp_path.rglob("final.png"))
     assert images and any(tmp_path.rglob("events.out.tfevents.*"))
+
+
+_FREEZE_PROBE = """
+import gc, sys
+import eim_lightning.cli as cli
+before = gc.get_freeze_count()
+sys.argv = ["eim", "--help"]
+try:
+    cli.main()
+except SystemExit:
+    pass
+frozen = gc.get_freeze_count()
+class Node:
+    pass
+a, b = Node(), Node()
+a.other, b.other = b, a  # a cycle made after the freeze
+del a, b
+print("RESULT", before, frozen, gc.collect())
+"""
+
+
+def test_the_command_line_freezes_the_imported_objects_and_still_collects_new_cycles():
+    """``eim`` moves what the imports made out of the collector's reach (freeze_imported_objects);
+    cycles made afterwards are still collected."""
+    out = _run(sys.executable, "-c", _FREEZE_PROBE, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, frozen, collected = map(int, out.stdout.split("RESULT")[1].split())
+    assert before == 0
+    assert frozen > 100_000  # torch and Lightning's objects
+    assert collected >= 2  # the two nodes of the new cycle
