@@ -51,7 +51,7 @@ PHASES = ("start-up", "set-up", "steps", "validation", "images", "checkpoints", 
 IMPORTS = (
     "torch",
     "lightning",
-    "torchmetrics",
+    "torchmetrics.functional",
     "torchvision",
     "torch._dynamo",
     "scipy.signal",
