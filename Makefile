@@ -32,14 +32,15 @@ test-fast: $(STAMP)
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu
 
-## Ours beside the authors' TF1 code (installs it with ../shared/tfref/install.sh if missing; about 70 minutes):
-## the 2-D step and whole process, where a 2-D step's time goes, the VAE's step time and memory per prior,
+## Ours beside the authors' TF1 code (installs it with ../shared/tfref/install.sh if missing; about 80 minutes):
+## the 2-D step and whole process, where a 2-D step's and a whole 2-D fit's time goes, the VAE's step time and memory per prior,
 ## and the VAE's training speed (float32 and bf16-mixed) beside the authors' MNIST code.
 ## Never run it while other jobs share the cores.
 bench: $(STAMP)
 	-[ -x "$${EIMREF:-$$HOME/.cache/eimref}/venv/bin/python" ] || bash ../shared/tfref/install.sh
 	$(PY) bench/vs_tf.py --output docs/BENCHMARKS.md
 	$(PY) bench/toy2d_steps.py --steps 300 --warmup 50 --repeats 5 --output docs/BENCHMARKS_BREAKDOWN.md
+	$(PY) bench/process_breakdown.py --output docs/BENCHMARKS_PROCESS.md
 	$(PY) bench/vae_steps.py --output docs/BENCHMARKS_IMAGES.md
 	$(PY) bench/images_vs_tf.py --output docs/BENCHMARKS_IMAGES.md
 
