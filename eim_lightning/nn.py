@@ -103,15 +103,10 @@ class _SigmoidTanh(torch.autograd.Function):
         return torch.ops.aten.tanh_backward(grad, y)
 
 
-def _folds(x: Tensor) -> bool:
-    """Whether a tanh MLP's call on ``x`` is :meth:`MLP._sigmoid_forward`'s: nothing records
-    (``no_grad``/inference mode), on the CPU in float32/float64, outside ``torch.compile``."""
-    return (
-        not torch.is_grad_enabled()
-        and x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64)
-        and not torch.compiler.is_compiling()
-    )
+def _sigmoid_form_applies(x: Tensor) -> bool:
+    """Whether tanh on ``x`` may take a sigmoid form (:class:`Tanh`, :meth:`MLP._sigmoid_forward`):
+    on the CPU in float32/float64, outside ``torch.compile``."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling()
 
 
 def _affine(linear: nn.Linear, alpha: float, beta: float) -> tuple[Tensor, Tensor]:
@@ -145,7 +140,7 @@ class Tanh(nn.Module):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling():
+        if _sigmoid_form_applies(x):
             if not torch.is_grad_enabled():  # nothing records: the in-place composite
                 return _sigmoid_tanh(x) if x.numel() >= _COMPOSITE_MIN_ELEMENTS else torch.tanh(x)
             if x.requires_grad and x.numel() >= _FUNCTION_MIN_ELEMENTS:
@@ -219,8 +214,12 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         h = self._input(x, context)
-        first_layer_units = h.numel() // h.shape[-1] * self._linears[0].out_features
-        if self.activation == "tanh" and first_layer_units >= _COMPOSITE_MIN_ELEMENTS and _folds(h):
+        if (  # nothing records: the sigmoid network, for calls of at least 2^12 first-layer units
+            self.activation == "tanh"
+            and not torch.is_grad_enabled()
+            and _sigmoid_form_applies(h)
+            and h.numel() // h.shape[-1] * self.net[0].out_features >= _COMPOSITE_MIN_ELEMENTS
+        ):
             return self._sigmoid_forward(h)
         return self.net(h)
 
