@@ -7,17 +7,26 @@ import platform
 
 
 def describe(threads: int | None = None) -> str:
-    """CPU model, core count, versions and torch's intra-op threads (``threads`` overrides the
-    count, for scripts whose measurements run in child processes)."""
+    """CPU model, the vector instructions torch's kernels use on it, whether it has bfloat16
+    instructions, core count, versions and torch's intra-op threads (``threads`` overrides the
+    count, for scripts whose measurements run in child processes).
+
+    The machines a session is lent differ: AVX-512 with ``avx512_bf16`` on some days, AVX2 only
+    on others, where float32 elementwise kernels run several times slower and bf16 autocast has
+    no native instructions; a table's figures are read against its line."""
     import lightning
     import torch
 
-    cpu = platform.processor() or "unknown CPU"
+    cpu, flags = platform.processor() or "unknown CPU", set()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            info = [line.split(":", 1) for line in f if ":" in line]
+        cpu = next((value.strip() for key, value in info if key.strip() == "model name"), cpu)
+        flags = set(next((value.split() for key, value in info if key.strip() == "flags"), []))
     except OSError:
         pass
+    bf16 = ", bf16" if flags & {"avx512_bf16", "amx_bf16"} else ""
+    cpu += f" ({torch.backends.cpu.get_cpu_capability()}{bf16})"
     return (
         f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads or torch.get_num_threads()} threads), "
         f"lightning {lightning.__version__}, Python {platform.python_version()}"

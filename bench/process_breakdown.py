@@ -90,6 +90,13 @@ class _Timers:
         setattr(owner, name, timed)
 
 
+def fit_arguments(algo: str, steps: int, save_dir: str) -> list[str]:
+    """The ``eim`` arguments of goal 2's whole process (here and in ``bench/vs_tf.py``): the
+    shipped 2-D config of ``algo`` for ``steps`` steps, writing under ``save_dir``."""
+    config, logs = f"configs/toy2d/{algo}_nine_gaussians.yaml", "--trainer.logger.init_args.save_dir"
+    return ["fit", "--config", config, "--trainer.max_steps", str(steps), logs, save_dir]
+
+
 def child(algo: str, steps: int, save_dir: str) -> dict:
     """One timed ``eim fit`` in this process; returns seconds per phase (start-up without the
     interpreter's own start, which the parent adds)."""
@@ -126,17 +133,7 @@ def child(algo: str, steps: int, save_dir: str) -> dict:
 
     Trainer.fit, BoundEstimatorMixin.training_step = fit, training_step
     setup_began = time.perf_counter()
-    cli.main(
-        [
-            "fit",
-            "--config",
-            f"configs/toy2d/{algo}_nine_gaussians.yaml",
-            "--trainer.max_steps",
-            str(steps),
-            "--trainer.logger.init_args.save_dir",
-            save_dir,
-        ]
-    )
+    cli.main(fit_arguments(algo, steps, save_dir))
     ended = time.perf_counter()
     spent = timers.spent
     # fit's own time before the first batch (its validation, the sanity check, aside) is set-up
@@ -256,7 +253,9 @@ def main(argv: list[str] | None = None) -> None:
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {describe()}; took {(time.time() - began) / 60:.1f} "
         f"minutes. Command: `python bench/process_breakdown.py"
         f"{'' if opts.steps == 20_000 else f' --steps {opts.steps}'}"
-        f"{'' if opts.repeats == 3 else f' --repeats {opts.repeats}'} --output {opts.output}`. "
+        f"{'' if opts.repeats == 3 else f' --repeats {opts.repeats}'}"
+        f"{'' if list(opts.algos) == list(ALGOS) else ' --algos ' + ' '.join(opts.algos)}"
+        f"{f' --output {opts.output}' if opts.output else ''}`. "
         "These shared machines drift up to 2x between runs: compare phases within a run.",
     ]
     text = "\n".join(lines) + "\n"

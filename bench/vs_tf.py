@@ -39,6 +39,7 @@ TFREF = SHARED / "tfref"
 EIMREF = Path(os.environ.get("EIMREF", Path.home() / ".cache" / "eimref"))
 TF_PYTHON = EIMREF / "venv" / "bin" / "python"
 sys.path.insert(0, str(REPO / "bench"))
+from process_breakdown import fit_arguments  # noqa: E402  (bench/process_breakdown.py, beside this script)
 
 ALGOS = {  # TF's --algo name: (our model, its size)
     "nis": ("SNIS", "K = 1024"),
@@ -126,18 +127,7 @@ def tf_script(algo: str, steps: int, target: str) -> tuple[float, float]:
 def ours_process_s(algo: str, steps: int) -> float:
     with tempfile.TemporaryDirectory() as out, tempfile.TemporaryDirectory() as cache:
         took, _ = _run(
-            [
-                sys.executable,
-                "-m",
-                "eim_lightning",
-                "fit",
-                "--config",
-                f"configs/toy2d/{CONFIG[algo]}_nine_gaussians.yaml",
-                "--trainer.max_steps",
-                str(steps),
-                "--trainer.logger.init_args.save_dir",
-                out,
-            ],
+            [sys.executable, "-m", "eim_lightning", *fit_arguments(CONFIG[algo], steps, out)],
             cwd=REPO,
             env={"TORCHINDUCTOR_CACHE_DIR": cache},  # an empty compile cache, as the goal says
         )
