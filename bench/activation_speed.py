@@ -6,7 +6,8 @@ Prints ns per element, forward and forward+backward, of torch.tanh, the ``2 sigm
 composite and ``eim_lightning.nn.Tanh`` at the sizes of HIS's 2-D leapfrog layer (128 x 20), a
 2-D SNIS step's hidden layer (1152 x 20), an SNIS sampler chunk (16384 x 20), a VAE's hidden
 layer (128 x 300) and an MNIST SNIS prior's energy layer (1152 x 100); torch's logsigmoid
-against ``eim_lightning.ops.log_sigmoid`` at a VAE's Bernoulli logits (128 x 784); and
+against the composite of ``eim_lightning.ops.log_sigmoid`` at a VAE's Bernoulli logits (128 x 784), and
+which of the two ``log_sigmoid`` takes on this machine; and
 microseconds of ``left^T right`` for the weight gradients of a 2-D closed-form step's first
 layer, both orientations. Why: the docstrings of ``nn.Tanh``, ``nn.MLP._sigmoid_forward``,
 ``ops.log_sigmoid`` and ``nn._sum_of_outer_products``.
@@ -15,13 +16,16 @@ layer, both orientations. Why: the docstrings of ``nn.Tanh``, ``nn.MLP._sigmoid_
 from __future__ import annotations
 
 import argparse
-import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eim_lightning.nn import MLP, Tanh, _sigmoid_tanh
-from eim_lightning.ops import log_sigmoid
+from eim_lightning.ops import TORCH_LOGSIGMOID_ON_CPU, _LogSigmoid
+from machine import describe  # noqa: E402  (bench/machine.py, beside this script)
 
 
 def per_element(fn, x: torch.Tensor, repeats: int) -> float:
@@ -45,7 +49,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s)")
+    print(describe(args.threads))
     print(
         "| size | torch.tanh fwd | composite fwd | Tanh fwd, no_grad | sigmoid fwd | torch.tanh fwd+bwd "
         "| Tanh fwd+bwd | (ns/element) |"
@@ -82,18 +86,19 @@ def main() -> None:
         print(f"| {name}, {rows} | {layers:.0f} | {folded:.0f} | {folded / layers:.2f} |")
     print()
     print(
-        "| size | torch logsigmoid fwd | log_sigmoid fwd | torch logsigmoid fwd+bwd | log_sigmoid fwd+bwd "
-        "| (ns/element) |"
+        "| size | torch logsigmoid fwd | composite fwd | torch logsigmoid fwd+bwd | composite fwd+bwd "
+        f"| (ns/element; log_sigmoid takes {'torch' if TORCH_LOGSIGMOID_ON_CPU else 'the composite'} "
+        f"where torch dispatches to {torch.backends.cpu.get_cpu_capability()}) |"
     )
     print("|---|---|---|---|---|---|")
     x = torch.randn(128, 784) * 4
     xg = x.clone().requires_grad_()
-    logsigmoid = torch.nn.functional.logsigmoid
+    logsigmoid, composite = torch.nn.functional.logsigmoid, _LogSigmoid.apply
     cells = [
         per_element(logsigmoid, x, args.repeats),
-        per_element(log_sigmoid, x, args.repeats),
+        per_element(composite, x, args.repeats),
         per_element(forward_backward(logsigmoid), xg, args.repeats),
-        per_element(forward_backward(log_sigmoid), xg, args.repeats),
+        per_element(forward_backward(composite), xg, args.repeats),
     ]
     print("| 128 x 784 | " + " | ".join(f"{c:.2f}" for c in cells) + " | |")
     print()

@@ -10,8 +10,9 @@ without host syncs (no branching on tensor values):
   differences such as ``u - logsumexp(u)`` before the huge ``shift`` absorbs the small ``rest``;
 * ``log_mean_exp(x) = logsumexp(x) - log n``;
 * ``log1mexp(a) = log(1 - exp(a))`` for ``a <= 0`` (Maechler 2012), stable at both ends;
-* ``log_sigmoid(x) = log(sigmoid(x))`` from the fast ``sigmoid`` and ``log`` kernels (torch's
-  ``logsigmoid``/``softplus``/``log1p`` kernels are 10x slower on these CPUs);
+* ``log_sigmoid(x) = log(sigmoid(x))`` from the ``sigmoid`` and ``log`` kernels where torch's
+  ``logsigmoid`` kernel is the slower one (CPUs where torch dispatches to AVX-512, or to no
+  vector instructions), torch's ``logsigmoid`` where it is faster (AVX2, and other devices keep the composite);
 * ``chunked_log_mean_exp`` combines ``n`` independent replicas of a per-example
   log-estimate, IWAE style, streaming over chunks with a running log-sum-exp so that peak
   memory depends on the chunk size only.
@@ -137,18 +138,34 @@ class _LogSigmoid(torch.autograd.Function):
         return grad * torch.sigmoid(-x)
 
 
-def log_sigmoid(x: Tensor) -> Tensor:
-    """``log sigmoid(x)`` elementwise, as ``log(sigmoid(x))`` for ``x >= -80`` and ``x`` below.
+#: whether :func:`log_sigmoid` on a CPU tensor is torch's ``logsigmoid``: where torch dispatches its
+#: CPU kernels to AVX2, whose ``logsigmoid`` is vectorised
+TORCH_LOGSIGMOID_ON_CPU = torch.backends.cpu.get_cpu_capability() == "AVX2"
 
+
+def log_sigmoid(x: Tensor) -> Tensor:
+    """``log sigmoid(x)`` elementwise, with a gradient and second derivative finite everywhere.
+
+    The composite (:class:`_LogSigmoid`) is ``log(sigmoid(x))`` for ``x >= -80`` and ``x`` below.
     Above -80 ``sigmoid`` neither underflows (float32 or wider) nor loses relative precision,
     so the absolute error is a few ``eps``; below, ``log sigmoid(x) = x - log(1 + e^x)`` is ``x``
     to within ``e^-80``. The gradient is ``sigmoid(-x) = 1 - sigmoid(x)`` and the second derivative
-    ``-sigmoid(x) sigmoid(-x)``, both finite everywhere in float32 (:class:`_LogSigmoid`). On a CPU
-    this is 7-10x faster than ``torch``'s ``logsigmoid``, whose kernel (like ``softplus`` and
-    ``log1p``) is not vectorised here (``bench/activation_speed.py``). float16/bfloat16 inputs are
-    computed in float32.
+    ``-sigmoid(x) sigmoid(-x)``, both finite everywhere in float32.
+
+    Which one runs is a matter of speed alone: both meet the same accuracy tests (a few ``eps``
+    against ``scipy.special.log_expit``; exact first and second derivatives). On a CPU where torch
+    dispatches to AVX2 (``torch.backends.cpu.get_cpu_capability()``, :data:`TORCH_LOGSIGMOID_ON_CPU`)
+    torch's vectorised ``logsigmoid`` kernel is used: there it took about 0.8 of the composite's
+    time forward and 0.6 forward+backward, at a VAE's Bernoulli logits (128 x 784, one thread, an
+    AVX2 EPYC; ``bench/activation_speed.py``). Where torch dispatches to AVX-512 its kernel was
+    7-10x slower than the composite (an AVX-512 EPYC), and where it uses no vector instructions
+    (``ATEN_CPU_CAPABILITY=default``) about 2x slower, so there and on other devices it is the
+    composite. float16/bfloat16 inputs are computed in float32.
     """
-    return _LogSigmoid.apply(as_float32_or_wider(x))
+    x = as_float32_or_wider(x)
+    if TORCH_LOGSIGMOID_ON_CPU and x.device.type == "cpu":
+        return torch.nn.functional.logsigmoid(x)
+    return _LogSigmoid.apply(x)
 
 
 def chunked_log_mean_exp(replicas: Callable[[int], Tensor], num_samples: int, chunk_size: int) -> Tensor:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from eim_lightning import ops as eim_ops
 from eim_lightning.bounds import snis_lower_bound
 from eim_lightning.ops import chunked_log_mean_exp, log1mexp, log_mean_exp, log_sigmoid, logsumexp
 
@@ -103,8 +104,25 @@ def test_chunked_log_mean_exp_rejects_bad_sizes():
 LOG_SIGMOID_POINTS = np.concatenate([np.linspace(-120, 60, 36001), [-1e4, -80.0, -79.999, 1e-9, -1e-9, 1e4]])
 
 
+@pytest.fixture(params=["composite", "torch"])
+def log_sigmoid_path(request, monkeypatch):
+    """Each accuracy test runs on both of log_sigmoid's CPU paths, whichever this machine's dispatch picks."""
+    monkeypatch.setattr(eim_ops, "TORCH_LOGSIGMOID_ON_CPU", request.param == "torch")
+    return request.param
+
+
+def test_log_sigmoid_runs_torchs_kernel_exactly_where_torch_dispatches_to_avx2(log_sigmoid_path):
+    x = torch.randn(7, requires_grad=True)
+    expected = "LogSigmoidBackward0" if log_sigmoid_path == "torch" else "_LogSigmoidBackward"
+    assert type(log_sigmoid(x).grad_fn).__name__ == expected
+
+
+def test_log_sigmoid_dispatch_follows_torchs_cpu_capability():
+    assert eim_ops.TORCH_LOGSIGMOID_ON_CPU == (torch.backends.cpu.get_cpu_capability() == "AVX2")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_log_sigmoid_matches_scipy_to_a_few_eps(dtype):
+def test_log_sigmoid_matches_scipy_to_a_few_eps(dtype, log_sigmoid_path):
     from scipy.special import log_expit
 
     x = torch.tensor(LOG_SIGMOID_POINTS, dtype=dtype)
@@ -116,7 +134,7 @@ def test_log_sigmoid_matches_scipy_to_a_few_eps(dtype):
     assert (err <= 4 * torch.finfo(dtype).eps * np.maximum(1.0, np.abs(exact))).all()
 
 
-def test_log_sigmoid_gradient_is_one_minus_sigmoid_and_finite():
+def test_log_sigmoid_gradient_is_one_minus_sigmoid_and_finite(log_sigmoid_path):
     from scipy.special import expit
 
     x = torch.tensor(LOG_SIGMOID_POINTS, dtype=torch.float64, requires_grad=True)
@@ -125,7 +143,7 @@ def test_log_sigmoid_gradient_is_one_minus_sigmoid_and_finite():
     np.testing.assert_allclose(x.grad.numpy(), expit(-x.detach().numpy()), rtol=1e-12, atol=1e-15)
 
 
-def test_log_sigmoid_of_bfloat16_is_computed_in_float32():
+def test_log_sigmoid_of_bfloat16_is_computed_in_float32(log_sigmoid_path):
     x = torch.linspace(-30, 30, 601, dtype=torch.bfloat16)
     got = log_sigmoid(x)
     assert got.dtype == torch.float32
@@ -133,7 +151,7 @@ def test_log_sigmoid_of_bfloat16_is_computed_in_float32():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_log_sigmoid_second_derivative_is_finite_and_exact(dtype):
+def test_log_sigmoid_second_derivative_is_finite_and_exact(dtype, log_sigmoid_path):
     # HIS differentiates the Bernoulli likelihood's input gradient again; log(sigmoid(x)) left to autograd
     # divides by sigmoid(x)^2 there, which overflows float32 below x = -44 (inf * 0 = NaN)
     from scipy.special import expit
@@ -149,6 +167,6 @@ def test_log_sigmoid_second_derivative_is_finite_and_exact(dtype):
     np.testing.assert_allclose(second.double().numpy(), exact, rtol=8 * eps, atol=eps)
 
 
-def test_log_sigmoid_under_vmap_matches_the_loop():
+def test_log_sigmoid_under_vmap_matches_the_loop(log_sigmoid_path):
     x = torch.randn(3, 5, dtype=torch.float64) * 10
     torch.testing.assert_close(torch.func.vmap(log_sigmoid)(x), torch.stack([log_sigmoid(row) for row in x]))
