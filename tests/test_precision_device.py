@@ -174,3 +174,34 @@ def test_vae_with_each_prior_trains_under_bf16_mixed_without_nan(prior, make_tra
     assert trainer.global_step == 300
     assert math.isfinite(trainer.callback_metrics[f"val/{model.bound_name}"].item())
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _bf16_warnings(records) -> list:
+    return [w for w in records if "without bfloat16 instructions" in str(w.message)]
+
+
+@pytest.mark.parametrize(
+    "precision, bf16_instructions, warns",
+    [("bf16-mixed", False, True), ("bf16-true", False, True), ("bf16-mixed", True, False), ("32-true", False, False)],
+)
+def test_fit_warns_where_bf16_runs_emulated_on_the_cpu(
+    monkeypatch, recwarn, make_trainer, precision, bf16_instructions, warns
+):
+    from eim_lightning.modules import precision as precision_module
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16_instructions)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert precision_module.cpu_has_bf16_instructions() is bf16_instructions
+    trainer = make_trainer(max_steps=2, precision=precision, limit_val_batches=0)
+    trainer.fit(SMALL["snis"](), datamodule=Toy2DDataModule("checkerboard", steps_per_epoch=2, val_size=100))
+    assert trainer.global_step == 2  # a warning, not an error: training ran
+    assert len(_bf16_warnings(recwarn)) == (1 if warns else 0)
+
+
+def test_cpu_bf16_check_is_unknown_where_torch_cannot_say(monkeypatch, recwarn):
+    from eim_lightning.modules import precision as precision_module
+
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert precision_module.cpu_has_bf16_instructions() is None
+    precision_module.warn_if_bf16_is_emulated("bf16-mixed", torch.device("cpu"), "SNIS")
+    assert not _bf16_warnings(recwarn)

@@ -27,6 +27,8 @@ The mixin owns everything else:
   passes it to every submodule with an ``initialize_from_data(mean)`` method (a VAE, also as
   an EIM's proposal: encoder centring and, once, the decoder's output bias).
 
+* precision (:mod:`.precision`): fit warns where a bfloat16 precision runs on a CPU without
+  bfloat16 instructions (emulated, several times slower than float32);
 * randomness (:mod:`.randomness`): exact resume, evaluation isolated from the training
   stream, one stream per process;
 * density hooks: every :class:`~eim_lightning.densities.Density` inside the module (the model
@@ -54,6 +56,7 @@ from ..densities.base import check_positive_int, values_prechecked
 from ..nn import MLP
 from ..optim import Adam
 from .engine import StepEngineMixin, overrides
+from .precision import warn_if_bf16_is_emulated
 from .randomness import RandomStateMixin
 
 __all__ = ["BoundEstimatorMixin", "default_proposal", "default_mlp", "resolve_density"]
@@ -355,6 +358,7 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
     # -- hooks ----------------------------------------------------------------------------------
 
     def on_fit_start(self) -> None:
+        warn_if_bf16_is_emulated(str(self.trainer.precision), self.device, type(self).__name__)
         self.collect_step_hooks()
         self._stateful_densities = self._densities_with("after_optimizer_step")
 
