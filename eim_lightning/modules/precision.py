@@ -4,7 +4,7 @@
 instructions (AVX-512 BF16 or AMX): there the static-MNIST VAE's step ran up to 1.3x faster than
 float32 (docs/BENCHMARKS_IMAGES.md, an AVX-512 EPYC with ``avx512_bf16``). On a CPU without them
 (AVX2 only) torch converts every bfloat16 matmul to float32 and back, and the same step ran
-6-8x *slower* than float32 (``python bench/images_vs_tf.py``, an AVX2 EPYC: 12.4 against 95.0
+6-9x *slower* than float32 (``python bench/images_vs_tf.py``, an AVX2 EPYC: 12.4 against 95.0
 steps/s with the N(0, I) prior). Training still runs and is correct, so fit warns once, naming
 the module and the alternative, rather than refusing.
 """
@@ -31,6 +31,6 @@ def warn_if_bf16_is_emulated(precision: str, device: torch.device, name: str) ->
         return
     rank_zero_warn(
         f"{name}: precision={precision!r} on a CPU without bfloat16 instructions (AVX-512 BF16 or AMX): "
-        "torch emulates bfloat16 here, and a VAE's training step ran 6-8x slower than in float32 on such a "
+        "torch emulates bfloat16 here, and a VAE's training step ran 6-9x slower than in float32 on such a "
         "CPU. Training continues; precision='32-true' is the fast choice on this machine."
     )
