@@ -118,8 +118,8 @@ def table(windows: int, steps: int, with_tf: bool, warmup: int, with_bf16: bool 
     ]
     for prior in PRIORS:
         fp32, bf16, tf = med[(prior, "fp32")], med.get((prior, "bf16")), med.get((prior, "tf"))
-        bf16_cell = f"{bf16:.1f}" if bf16 else "skipped"
-        bf16_ratio = f"{bf16 / tf:.2f}" if bf16 and tf else "-"
+        bf16_cell = f"{bf16:.1f}" if bf16 is not None else "skipped"
+        bf16_ratio = f"{bf16 / tf:.2f}" if bf16 is not None and tf else "-"
         tf_cells = f"{tf:.1f} | {fp32 / tf:.2f} | {bf16_ratio}" if tf else "- | - | -"
         lines.append(f"| {prior} | {fp32:.1f} | {bf16_cell} | {tf_cells} | {gauss / fp32:.2f} |")
     return lines

@@ -17,15 +17,15 @@ def describe(threads: int | None = None) -> str:
     import lightning
     import torch
 
-    cpu, flags = platform.processor() or "unknown CPU", set()
+    from eim_lightning.modules.precision import cpu_has_bf16_instructions
+
+    cpu = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
-            info = [line.split(":", 1) for line in f if ":" in line]
-        cpu = next((value.strip() for key, value in info if key.strip() == "model name"), cpu)
-        flags = set(next((value.split() for key, value in info if key.strip() == "flags"), []))
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    bf16 = ", bf16" if flags & {"avx512_bf16", "amx_bf16"} else ""
+    bf16 = ", bf16" if cpu_has_bf16_instructions() else ""
     cpu += f" ({torch.backends.cpu.get_cpu_capability()}{bf16})"
     return (
         f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads or torch.get_num_threads()} threads), "

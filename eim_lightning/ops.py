@@ -12,7 +12,7 @@ without host syncs (no branching on tensor values):
 * ``log1mexp(a) = log(1 - exp(a))`` for ``a <= 0`` (Maechler 2012), stable at both ends;
 * ``log_sigmoid(x) = log(sigmoid(x))`` from the ``sigmoid`` and ``log`` kernels where torch's
   ``logsigmoid`` kernel is the slower one (CPUs where torch dispatches to AVX-512, or to no
-  vector instructions), torch's ``logsigmoid`` where it is faster (AVX2, and other devices keep the composite);
+  vector instructions, and on other devices), torch's ``logsigmoid`` where it is faster (AVX2);
 * ``chunked_log_mean_exp`` combines ``n`` independent replicas of a per-example
   log-estimate, IWAE style, streaming over chunks with a running log-sum-exp so that peak
   memory depends on the chunk size only.
