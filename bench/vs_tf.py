@@ -288,16 +288,46 @@ def torch_threads() -> int:
 
 
 def write_sections(path: Path, sections: dict[str, list[str]]) -> None:
-    """Write the tables measured now into ``path``, keeping the other table of an earlier run."""
-    parts = dict.fromkeys((STEP, PROCESS), "")
+    """Write the tables measured now into ``path``, keeping the other table of an earlier run; each
+    table replaced leaves its ratios as a line of :data:`HISTORY` (newest first), so that runs on
+    other machines stay on the page."""
+    parts = dict.fromkeys((STEP, PROCESS, HISTORY), "")
     old = path.read_text() if path.exists() else ""
     for chunk in old.split("\n## ")[1:]:
         for key in parts:
             if ("## " + chunk).startswith(key):
                 parts[key] = "## " + chunk.rstrip() + "\n"
+    earlier = [line for line in parts[HISTORY].splitlines() if line.startswith("- ")]
     for key, lines in sections.items():
+        summary = ratio_summary(parts[key])
+        if summary is not None and summary not in earlier:
+            earlier.insert(0, summary)
         parts[key] = "\n".join(lines)
+    if earlier:
+        parts[HISTORY] = "\n".join([HISTORY, "", HISTORY_NOTE, "", *earlier, ""])
     path.write_text("# Speed beside the authors' TF1 code\n\n" + "\n".join(p for p in parts.values() if p))
+
+
+HISTORY = "## Earlier runs"
+HISTORY_NOTE = (
+    "The ratio to TF (TF / ours; above 1: ours is faster) of each table an earlier run wrote here, newest first: the "
+    "same commands on other days and machines. A ratio is only comparable within its own run."
+)
+
+
+def ratio_summary(section: str) -> str | None:
+    """One line of :data:`HISTORY` for a table section as :func:`main` writes it: its title, the date and
+    machine of its footer and each model's first ratio column; None where it holds no table."""
+    lines = section.splitlines()
+    header = next((line for line in lines if line.startswith("| model |")), None)
+    footer = re.search(r"Measured (\S+) on (.+?);", section)
+    if header is None or footer is None:
+        return None
+    column = next(i for i, cell in enumerate(header.strip("|").split("|")) if cell.strip().startswith("ratio"))
+    rows = [line.strip("|").split("|") for line in lines if line.startswith("| ") and line != header]
+    ratios = ", ".join(f"{cells[0].strip()} {cells[column].strip()}" for cells in rows)
+    title = lines[0].removeprefix("## ")
+    return f"- {title}, measured {footer.group(1)} on {footer.group(2)}: {ratios}."
 
 
 if __name__ == "__main__":
