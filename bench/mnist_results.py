@@ -310,6 +310,8 @@ def report() -> str:
         "`--trainer.max_steps`, one torch thread, while other jobs shared the machine. Test: the 1000-replica IWAE",
         "bound (LARS rows: the log-likelihood *estimate* with Z from 1e8 latent / 1e6 pixel proposal samples)",
         "averaged over the test images; NLL = minus that. Validation during training: the single-sample ELBO.",
+        "Train (h) and test (min) are wall time; where a record has it, the training's CPU time follows in",
+        "parentheses (the process's own, so it leaves out the time a run was paused while benchmarks ran).",
         "",
         "| dataset | model | steps | seed | epochs | train (h) | test points "
         "| test NLL (nats) | paper NLL | test (min) |",
@@ -319,6 +321,7 @@ def report() -> str:
         paper = PAPER.get((r["dataset"], r["row"]))
         epochs = r["steps"] * 128 / 50_000
         train = "(the run above, retested)" if r["train_hours"] != r["train_hours"] else format(r["train_hours"], ".2f")
+        train += f" (CPU {r['train_cpu_hours']:.2f})" if "train_cpu_hours" in r else ""
         every = " (every " + str(r.get("test_every")) + "th)" if r.get("test_every", 1) > 1 else ""
         lines.append(
             f"| {r['dataset']} | {r['row']}{' (`' + overrides(r) + '`)' if overrides(r) else ''} | {r['steps']} | "

@@ -19,8 +19,8 @@ or, for ``toy2d/ROW``, ``configs/toy2d/ROW.yaml`` (e.g. ``toy2d/snis_nine_gaussi
   proposal samples, as the authors evaluate; LARS with Z from 1e8 samples) beside the usual
   1000-replica bound on 10,000 points.
 * **record** one JSON line in ``docs/results_images.jsonl`` (2-D: ``docs/results_toy2d.jsonl``):
-  steps, seed, test points, samples, values, wall times, ELBO curve, machine, commit and the
-  command. A row whose command is already recorded is skipped.
+  steps, seed, test points, samples, values, wall and CPU times (the CPU times leave out a
+  pause), ELBO curve, machine, commit and the command. A row whose command is already recorded is skipped.
 
 Arguments after ``--`` are passed to every ``eim`` call (e.g. ``-- --data.init_args.test_subset=100``);
 they are part of the recorded command and of the run folder's name. Image data is read from
@@ -74,20 +74,25 @@ class RunLog(Callback):
     """Saves the run to ``path`` every ``minutes`` and after the last step, and keeps, in that
     checkpoint (so a resumed run carries them on), the training ELBO as the authors log it (the
     bound of the training minibatch at every ``every``-th step, counted from 0), the seconds spent
-    training (time after the last checkpoint of a killed run is lost, not counted) and the steps at
-    which training was resumed."""
+    training, in wall time and in the process's CPU time (time after the last checkpoint of a killed
+    run is lost, not counted; CPU time does not count a pause, e.g. SIGSTOP while a benchmark runs,
+    and is None where a run resumed from a checkpoint that did not keep it) and the steps at which
+    training was resumed."""
 
     def __init__(self, path: Path, minutes: float, every: int) -> None:
         self.path, self.interval, self.every = path, 60 * minutes, every
         self.elbo: list[list] = []
         self.saturated: list[list] = []  # LARS: the fraction of the step's proposal samples with a > 0.99
         self.seconds = 0.0
+        self.cpu_seconds: float | None = 0.0
         self.resumed_at: list[int] = []
         self.started: float | None = None
+        self.cpu_started = 0.0
         self.saved = 0.0
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.started = self.saved = time.time()
+        self.cpu_started = time.process_time()
         if trainer.global_step:
             self.resumed_at.append(trainer.global_step)
 
@@ -105,23 +110,30 @@ class RunLog(Callback):
             self.saved = time.time()
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.seconds = self.train_seconds()
+        self.seconds, self.cpu_seconds = self.train_seconds(), self.train_cpu_seconds()
         self.started = None
 
     def train_seconds(self) -> float:
         return self.seconds + (time.time() - self.started if self.started is not None else 0.0)
+
+    def train_cpu_seconds(self) -> float | None:
+        if self.cpu_seconds is None:
+            return None
+        return self.cpu_seconds + (time.process_time() - self.cpu_started if self.started is not None else 0.0)
 
     def state_dict(self) -> dict:
         return {
             "elbo": self.elbo,
             "saturated": self.saturated,
             "seconds": self.train_seconds(),
+            "cpu_seconds": self.train_cpu_seconds(),
             "resumed_at": self.resumed_at,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.elbo, self.seconds, self.resumed_at = state["elbo"], state["seconds"], state["resumed_at"]
         self.saturated = state.get("saturated", [])
+        self.cpu_seconds = state.get("cpu_seconds")  # None: a checkpoint from before CPU time was kept
 
 
 class Row:
@@ -185,6 +197,7 @@ class Row:
         return {
             "steps": cli.trainer.global_step,
             "train_hours": log.train_seconds() / 3600,
+            **({"train_cpu_hours": cpu / 3600} if (cpu := log.train_cpu_seconds()) is not None else {}),
             "resumed_at_steps": log.resumed_at,
             "train_elbo_every": self.opts.elbo_every,
             "train_elbo": log.elbo,
@@ -195,7 +208,7 @@ class Row:
         """``eim test`` of the final checkpoint (with ``overrides``); its value and cost."""
         args = [*self.args(), "--trainer.logger=false", "--trainer.callbacks=[]", *overrides]
         cli = EIMCLI(args=args, save_config_callback=None, run=False)
-        began = time.time()
+        began, cpu = time.time(), time.process_time()
         (metrics,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=self.last, verbose=False)
         metric = f"test/{cli.model.bound_name}"
         return {
@@ -204,6 +217,7 @@ class Row:
             "points": len(cli.datamodule.test_dataloader().dataset),
             "samples": cli.model.num_test_samples,
             "minutes": (time.time() - began) / 60,
+            "cpu_minutes": (time.process_time() - cpu) / 60,
         }
 
     def record(self, trained: dict) -> dict:
@@ -219,6 +233,7 @@ class Row:
             "test_points": test["points"],
             "num_test_samples": test["samples"],
             "test_minutes": test["minutes"],
+            "test_cpu_minutes": test["cpu_minutes"],
         }
         if self.toy2d:  # batches of 1,000 points, each with its own proposal samples, one replica each
             single = self.evaluate(

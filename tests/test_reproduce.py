@@ -64,6 +64,7 @@ def test_a_row_is_recorded_once_with_its_fields(tmp_path):
         record["metric"] == "test/bound" and -5 < record["test_value"] < 0 and -5 < record["single_replica_value"] < 0
     )
     assert record["train_hours"] > 0 and record["test_minutes"] > 0 and record["machine"] and record["commit"]
+    assert record["train_cpu_hours"] > 0 and record["test_cpu_minutes"] > 0
     assert record["command"] == (
         f"python bench/reproduce.py {ROW} --steps 20 --seed 0 --K 128 --points 2000 -- --data.init_args.test_size=500"
     )
@@ -103,5 +104,36 @@ def test_killed_and_continued_runs_end_with_the_record_of_an_uninterrupted_run(t
     (uninterrupted,) = _records(tmp_path, "uninterrupted")
     assert len(killed["resumed_at_steps"]) == 1 and 0 < killed["resumed_at_steps"][0] < steps
     assert continued["resumed_at_steps"] == [steps // 2] and uninterrupted["resumed_at_steps"] == []
+    assert continued["train_cpu_hours"] > 0  # carried across the resume in the checkpoint
     for key in ("steps", "train_elbo", "test_value", "single_replica_value"):
         assert killed[key] == continued[key] == uninterrupted[key], key
+
+
+def test_the_run_log_counts_a_pause_in_wall_time_and_not_in_cpu_time(monkeypatch):
+    """RunLog's two clocks (faked): a process paused (SIGSTOP) for 100 s of its 130 s used 30 s of CPU; a
+    checkpoint carries both; one from before CPU time was kept leaves it unknown (None), not too small."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import reproduce
+
+    wall, cpu = [1000.0], [5.0]
+    monkeypatch.setattr(reproduce.time, "time", lambda: wall[0])
+    monkeypatch.setattr(reproduce.time, "process_time", lambda: cpu[0])
+    trainer = type("Trainer", (), {"global_step": 0})()
+    log = reproduce.RunLog(Path("unused.ckpt"), minutes=10, every=10)
+    log.on_train_start(trainer, None)
+    wall[0], cpu[0] = 1130.0, 35.0
+    assert log.train_seconds() == 130 and log.train_cpu_seconds() == 30
+    state = log.state_dict()
+    log.on_train_end(trainer, None)
+    assert (log.train_seconds(), log.train_cpu_seconds()) == (130, 30)
+
+    resumed = reproduce.RunLog(Path("unused.ckpt"), minutes=10, every=10)
+    resumed.load_state_dict(state)
+    resumed.on_train_start(type("Trainer", (), {"global_step": 500})(), None)
+    wall[0], cpu[0] = 1140.0, 40.0
+    assert resumed.train_seconds() == 140 and resumed.train_cpu_seconds() == 35
+
+    old = reproduce.RunLog(Path("unused.ckpt"), minutes=10, every=10)
+    old.load_state_dict({key: value for key, value in state.items() if key != "cpu_seconds"})
+    old.on_train_start(trainer, None)
+    assert old.train_cpu_seconds() is None and old.train_seconds() == 130
