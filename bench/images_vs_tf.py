@@ -172,20 +172,21 @@ def main(argv: list[str] | None = None) -> None:
     print(describe())
 
 
-def section(text: str) -> str:
-    """This script's section of a Markdown page ("" if it has none)."""
-    start = text.find(HEADING)
+def section(text: str, heading: str = HEADING) -> str:
+    """The section under ``heading`` (default: this script's) of a Markdown page ("" if it has none)."""
+    start = text.find(heading)
     if start < 0:
         return ""
-    end = text.find("\n## ", start + len(HEADING))
+    end = text.find("\n## ", start + len(heading))
     return text[start:] if end < 0 else text[start : end + 1]
 
 
-def update_section(path: Path, lines: list[str]) -> None:
-    """Replace this script's section of ``path`` (or append it), keeping everything else."""
+def update_section(path: Path, lines: list[str], heading: str = HEADING) -> None:
+    """Replace the section under ``heading`` (default: this script's) of ``path`` (or append it),
+    keeping everything else."""
     old = path.read_text() if path.exists() else "# Image benchmarks\n\n"
     new = "\n".join(lines) + "\n"
-    current = section(old)
+    current = section(old, heading)
     path.write_text(old.replace(current, new) if current else old.rstrip() + "\n\n" + new)
 
 

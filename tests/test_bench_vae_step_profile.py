@@ -1,0 +1,64 @@
+"""bench/vae_step_profile.py: profiler events grouped by kind, per step, and its section of the images page
+written beside the other sections."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import vae_step_profile as P  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("aten::mm", "matmul"),
+        ("aten::addmm", "matmul"),
+        ("aten::normal_", "random"),
+        ("aten::tanh_backward", "activations"),
+        ("_SigmoidTanhBackward", "activations"),
+        ("aten::log_sigmoid_forward", "activations"),
+        ("aten::_fused_adam_", "optimiser"),
+        ("Optimizer.step#Adam.step", "optimiser"),
+        ("aten::copy_", "casts"),
+        ("aten::eq", "checks"),
+        ("aten::all", "checks"),
+        ("enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__", "data"),
+        ("aten::index", "data"),
+        ("aten::mul", "other"),
+        ("aten::mm_backward_of_something", "other"),  # whole names only
+        ("aten::index_select", "other"),
+    ],
+)
+def test_each_operation_has_its_kind(name, kind):
+    assert P.kind_of(name) == kind
+
+
+def test_a_profile_becomes_milliseconds_per_step_by_kind():
+    profile = {"steps": 4, "wall_ms": 40.0, "ops_ms": {"aten::mm": 8.0, "aten::addmm": 4.0, "aten::mul": 2.0}}
+    row = P.per_step(profile)
+    assert row["wall"] == 10.0 and row["matmul"] == 3.0 and row["other"] == 0.5 and row["random"] == 0.0
+
+
+def test_the_table_gives_each_prior_its_excess_over_the_gaussian_prior_of_the_same_precision():
+    row = dict.fromkeys(["wall", *P.KINDS, "other"], 1.0)
+    cells = {
+        ("gaussian", "32-true"): {**row, "wall": 7.0},
+        ("snis", "32-true"): {**row, "wall": 9.5},
+        ("gaussian", "bf16-mixed"): {**row, "wall": 6.0},
+        ("snis", "bf16-mixed"): {**row, "wall": 6.5},
+    }
+    lines = P.table(cells)
+    assert lines[2].startswith("| gaussian | 32-true | 7.00 | - |")
+    assert lines[3].startswith("| snis | 32-true | 9.50 | +2.50 |")
+    assert lines[5].startswith("| snis | bf16-mixed | 6.50 | +0.50 |")
+
+
+def test_its_section_replaces_only_itself(tmp_path):
+    page = tmp_path / "BENCHMARKS_IMAGES.md"
+    page.write_text("# Image benchmarks\n\n## Training speed\n\nkept\n")
+    P.update_section(page, [P.HEADING, "", "first"], P.HEADING)
+    P.update_section(page, [P.HEADING, "", "second"], P.HEADING)
+    text = page.read_text()
+    assert "kept" in text and "second" in text and "first" not in text and text.count(P.HEADING) == 1
