@@ -34,7 +34,7 @@ test-gpu: $(STAMP)
 
 ## Ours beside the authors' TF1 code (installs it with ../shared/tfref/install.sh if missing; about 80 minutes):
 ## the 2-D step and whole process, where a 2-D step's and a whole 2-D fit's time goes, the VAE's step time and memory per prior,
-## and the VAE's training speed (float32 and bf16-mixed) beside the authors' MNIST code.
+## the VAE's training speed (float32 and bf16-mixed) beside the authors' MNIST code, and where the VAE's step time goes.
 ## Never run it while other jobs share the cores.
 bench: $(STAMP)
 	-[ -x "$${EIMREF:-$$HOME/.cache/eimref}/venv/bin/python" ] || bash ../shared/tfref/install.sh
@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) bench/process_breakdown.py --output docs/BENCHMARKS_PROCESS.md
 	$(PY) bench/vae_steps.py --output docs/BENCHMARKS_IMAGES.md
 	$(PY) bench/images_vs_tf.py --output docs/BENCHMARKS_IMAGES.md
+	$(PY) bench/vae_step_profile.py --output docs/BENCHMARKS_IMAGES.md
 
 results: $(STAMP)
 	$(PY) bench/toy2d_results.py --steps 20000 --jobs 2 --output docs/RESULTS.md

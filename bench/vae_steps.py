@@ -247,11 +247,18 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines)
     print(text)
     if opts.output:
-        from images_vs_tf import section  # the TF comparison's section of the page is kept
+        write_page(Path(opts.output), text)
 
-        path = Path(opts.output)
-        kept = section(path.read_text()) if path.exists() else ""
-        path.write_text(text + ("\n" + kept if kept else ""))
+
+def write_page(path: Path, text: str) -> None:
+    """Write this script's tables at the top of ``path``, keeping the sections that
+    ``bench/images_vs_tf.py`` and ``bench/vae_step_profile.py`` wrote there."""
+    from images_vs_tf import HEADING, section
+    from vae_step_profile import HEADING as PROFILE
+
+    old = path.read_text() if path.exists() else ""
+    kept = [part.rstrip("\n") + "\n" for part in (section(old, h) for h in (HEADING, PROFILE)) if part.strip()]
+    path.write_text(text + "".join("\n" + part for part in kept))
 
 
 if __name__ == "__main__":

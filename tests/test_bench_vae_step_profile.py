@@ -62,3 +62,18 @@ def test_its_section_replaces_only_itself(tmp_path):
     P.update_section(page, [P.HEADING, "", "second"], P.HEADING)
     text = page.read_text()
     assert "kept" in text and "second" in text and "first" not in text and text.count(P.HEADING) == 1
+
+
+def test_the_step_and_memory_tables_keep_the_other_scripts_sections(tmp_path):
+    import images_vs_tf
+    import vae_steps
+
+    page = tmp_path / "BENCHMARKS_IMAGES.md"
+    page.write_text("# old tables\n\n## Training step\n\nold\n")
+    images_vs_tf.update_section(page, [images_vs_tf.HEADING, "", "versus TF"])
+    P.update_section(page, [P.HEADING, "", "profile"], P.HEADING)
+    vae_steps.write_page(page, "# new tables\n\n## Training step\n\nnew\n")
+    text = page.read_text()
+    assert text.startswith("# new tables") and "old" not in text
+    assert "versus TF" in text and "profile" in text
+    assert text.index(images_vs_tf.HEADING) < text.index(P.HEADING)
