@@ -32,7 +32,7 @@ test-fast: $(STAMP)
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu
 
-## Ours beside the authors' TF1 code (installs it with ../shared/tfref/install.sh if missing; about 80 minutes):
+## Ours beside the authors' TF1 code (installs it with ../shared/tfref/install.sh if missing; about 90 minutes):
 ## the 2-D step and whole process, where a 2-D step's and a whole 2-D fit's time goes, the VAE's step time and memory per prior,
 ## the VAE's training speed (float32 and bf16-mixed) beside the authors' MNIST code, and where the VAE's step time goes.
 ## Never run it while other jobs share the cores.
