@@ -73,7 +73,10 @@ cli.trainer.fit(cli.model, datamodule=cli.datamodule)
 """
 
 
-def ours_steps_per_s(prior: str, steps: int, precision: str, warmup: int) -> float:
+def fit_shipped_config(child: str, prior: str, precision: str, steps: int, warmup: int) -> str:
+    """The output of a fresh process running ``child`` (a template of ``args``, ``warmup`` and ``steps``)
+    on the shipped static-MNIST VAE config of ``prior`` at ``precision``, its logs in a temporary folder
+    and its progress bar off (here and in ``bench/vae_step_profile.py``)."""
     with tempfile.TemporaryDirectory() as out:
         args = [
             "--config",
@@ -86,7 +89,12 @@ def ours_steps_per_s(prior: str, steps: int, precision: str, warmup: int) -> flo
             "--trainer.precision",
             precision,
         ]
-        _, log = _run([sys.executable, "-c", _OURS.format(args=args, warmup=warmup, steps=steps)], cwd=REPO)
+        _, log = _run([sys.executable, "-c", child.format(args=args, warmup=warmup, steps=steps)], cwd=REPO)
+    return log
+
+
+def ours_steps_per_s(prior: str, steps: int, precision: str, warmup: int) -> float:
+    log = fit_shipped_config(_OURS, prior, precision, steps, warmup)
     return float(re.search(r"^SPS ([0-9.]+)", log, re.M).group(1))
 
 

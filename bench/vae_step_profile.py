@@ -35,15 +35,13 @@ import argparse
 import json
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eim_lightning.modules.precision import cpu_has_bf16_instructions  # noqa: E402
-from images_vs_tf import update_section  # noqa: E402  (bench/images_vs_tf.py)
+from images_vs_tf import fit_shipped_config, update_section  # noqa: E402  (bench/images_vs_tf.py)
 from machine import describe  # noqa: E402
-from vs_tf import REPO, _run  # noqa: E402
 
 HEADING = "## Where the training step's time goes"
 PRIORS = ("gaussian", "snis", "trs", "lars", "his")
@@ -104,19 +102,7 @@ def per_step(profile: dict) -> dict[str, float]:
 
 def profile_prior(prior: str, precision: str, steps: int, warmup: int) -> dict[str, float]:
     """Profile ``steps`` steps of the shipped config of ``prior`` after ``warmup`` in a fresh process."""
-    with tempfile.TemporaryDirectory() as out:
-        args = [
-            "--config",
-            f"configs/images/static_mnist/vae_{prior}_prior.yaml",
-            "--trainer.logger.init_args.save_dir",
-            out,
-            "--trainer.default_root_dir",
-            out,
-            "--trainer.enable_progress_bar=false",
-            "--trainer.precision",
-            precision,
-        ]
-        _, log = _run([sys.executable, "-c", _CHILD.format(args=args, warmup=warmup, steps=steps)], cwd=REPO)
+    log = fit_shipped_config(_CHILD, prior, precision, steps, warmup)
     return per_step(json.loads(re.search(r"^PROFILE (.*)$", log, re.M).group(1)))
 
 
