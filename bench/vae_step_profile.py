@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=300, help="unprofiled steps before them")
     parser.add_argument("--output", default=None)
     opts = parser.parse_args(argv)
+    if opts.steps < 1 or opts.warmup < 0:
+        parser.error(f"--steps must be >= 1 and --warmup >= 0, got {opts.steps} and {opts.warmup}")
     began = time.time()
     precisions = ["32-true"] + (["bf16-mixed"] if cpu_has_bf16_instructions() is not False else [])
     cells = {}

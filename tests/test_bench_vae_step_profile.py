@@ -77,3 +77,10 @@ def test_the_step_and_memory_tables_keep_the_other_scripts_sections(tmp_path):
     assert text.startswith("# new tables") and "old" not in text
     assert "versus TF" in text and "profile" in text
     assert text.index(images_vs_tf.HEADING) < text.index(P.HEADING)
+
+
+@pytest.mark.parametrize("arguments", [["--steps", "0"], ["--warmup", "-1"]])
+def test_impossible_step_counts_are_refused_before_any_run(arguments, capsys):
+    with pytest.raises(SystemExit):
+        P.main(arguments)
+    assert "--steps must be >= 1 and --warmup >= 0" in capsys.readouterr().err
