@@ -141,6 +141,25 @@ class ImageDataset(Dataset):
     def __getitems__(self, keys: list) -> list[Tensor]:
         return list(self._read(keys).unbind(0))
 
+    def value_cover(self) -> Tensor | None:
+        """Every value a read can yield, as float32 ``[M, *event_shape]`` (the list of values, its
+        last row padded with the first), so that an elementwise check of it (finite, binary) checks
+        every batch the dataset will ever yield: the training loop checks this once at the start of
+        fit instead of checking each batch. ``"binarize"``: 0 and 1; ``"none"``: the stored values;
+        ``"jitter"``: None (continuous values; batches are checked as they come)."""
+        if self.transform == "binarize":
+            values = torch.tensor([0.0, 1.0])
+        elif self.transform != "none":
+            return None
+        elif self.images.dtype == torch.uint8:  # a count of each byte value: no sort of the whole set
+            values = torch.bincount(self.images.reshape(-1), minlength=256).nonzero().flatten().float()
+        else:
+            values = torch.unique(self.images).float()
+        n = self.event_shape.numel()
+        rows = -(-values.numel() // n)
+        padded = torch.cat([values, values[:1].expand(rows * n - values.numel())])
+        return padded.view(rows, *self.event_shape)
+
 
 # -- static MNIST files -----------------------------------------------------------------------
 

@@ -239,7 +239,7 @@ def test_a_nan_batch_stops_before_its_block_runs_naming_its_step(tmp_path):
             steps_run.append(trainer.global_step)
 
     trainer = _trainer(tmp_path, max_steps=40, log_every_n_steps=4, callbacks=[Steps()])
-    with pytest.raises(ValueError, match=r"the batch of training step 13 has 1 non-finite"):
+    with pytest.raises(ValueError, match=r"the batch of training step 13 is not valid: SNIS got 1 non-finite"):
         trainer.fit(model, datamodule=dm)
     assert steps_run == list(range(12)) and trainer.global_step == 12  # block 12-15 never ran
 

@@ -56,6 +56,7 @@ __all__ = [
     "closed_form_applies",
     "positive_scale",
     "values_prechecked",
+    "check_finite",
 ]
 
 _values_prechecked = False
@@ -63,15 +64,23 @@ _values_prechecked = False
 
 @contextmanager
 def values_prechecked() -> Iterator[None]:
-    """Inside, :meth:`Density.check_input` checks types and shapes but not values: the caller
-    has checked the values already (the step engine checks a whole block of steps' batches with
-    one host sync)."""
+    """Inside, :meth:`Density.check_input` checks types and shapes but not values (nor does any
+    other per-call value check, :meth:`Density.checks_values`): the caller has checked the values
+    already (the step engine checks a whole block of steps' batches with one host sync, or the
+    training data set once at the start of fit)."""
     global _values_prechecked
     outer, _values_prechecked = _values_prechecked, True
     try:
         yield
     finally:
         _values_prechecked = outer
+
+
+def check_finite(x: Tensor, owner: str) -> None:
+    """Raise a clear error, naming ``owner``, where ``x`` holds NaN or Inf (one host sync)."""
+    if not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).sum().item()
+        raise ValueError(f"{owner} got {bad} non-finite (NaN/Inf) values in its input of shape {list(x.shape)}")
 
 
 class Particles(NamedTuple):
@@ -219,11 +228,23 @@ class Density(nn.Module):
                 f"{name}: context must be a tensor with the batch size of x ({x.shape[0]}) as its first "
                 f"dimension, got {getattr(context, 'shape', type(context).__name__)}"
             )
-        if _values_prechecked or torch.compiler.is_compiling():
-            return  # checked before the step (values_prechecked) or the compiled call
-        if not bool(torch.isfinite(x).all()):
-            bad = (~torch.isfinite(x)).sum().item()
-            raise ValueError(f"{name} got {bad} non-finite (NaN/Inf) values in its input of shape {list(x.shape)}")
+        if self.checks_values():
+            self.check_values(x)
+
+    def checks_values(self) -> bool:
+        """Whether a call checks its input's values now: ``validate_args`` is on and the values
+        were not checked before the call (:func:`values_prechecked`, a compiled call)."""
+        return self.validate_args and not (_values_prechecked or torch.compiler.is_compiling())
+
+    def check_values(self, x: Tensor) -> None:
+        """Raise a clear error for values of ``x`` (any shape) this density cannot score: NaN/Inf
+        here; a subclass adds its own (a Bernoulli likelihood: binary pixels). An EIM's
+        ``proposal`` models the same ``x``, so its checks apply too. The checks are elementwise:
+        checking a tensor that holds every value a data set can yield checks every batch of it."""
+        check_finite(x, type(self).__name__)
+        proposal = getattr(self, "proposal", None)
+        if isinstance(proposal, Density) and proposal.validate_args and proposal.event_shape == self.event_shape:
+            proposal.check_values(x)
 
     # -- the contract -------------------------------------------------------------------------
 

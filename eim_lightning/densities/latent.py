@@ -170,8 +170,10 @@ class LatentVariableModel(Density):
         if context is not None:
             raise ValueError(f"{type(self).__name__} is unconditional: it takes no context")
         super().check_input(x, context)
-        if self.validate_args and not torch.compiler.is_compiling():  # a compiled step's batch: checked before
-            self.likelihood.check(x, type(self).__name__)
+
+    def check_values(self, x: Tensor) -> None:
+        super().check_values(x)
+        self.likelihood.check(x, type(self).__name__)
 
     # -- the bound ---------------------------------------------------------------------------
 
@@ -186,7 +188,7 @@ class LatentVariableModel(Density):
         check_positive_int("num_replicas", num_replicas)
         if context is not None:
             raise ValueError(f"{type(self).__name__} is unconditional: it takes no context")
-        if self.validate_args:  # also when this model is an EIM's proposal (its owner checks shapes only)
+        if self.checks_values():  # also when this model is an EIM's proposal called on its own
             self.likelihood.check(x, type(self).__name__)
         log_lik, log_ratio, _ = self._log_weights(x, num_replicas, objective=False)
         return log_lik + log_ratio

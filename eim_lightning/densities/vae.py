@@ -33,7 +33,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from ..nn import MLP
@@ -100,7 +99,7 @@ class VAE(LatentVariableModel):
                 f"{type(self).__name__}.log_joint takes x [..., {self.event_shape[0]}] and z [..., "
                 f"{self.latent_dim}], got {list(x.shape)} and {list(z.shape)}"
             )
-        if self.validate_args and not torch.compiler.is_compiling():
+        if self.checks_values():
             self.likelihood.check(x, type(self).__name__)
         return self.likelihood.log_prob(x, self.decoder(z)) + self.prior.log_prob(z)
 

@@ -39,7 +39,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from ..densities import LinearGaussianSSM, SequentialModel
-from ..densities.base import check_positive_int
+from ..densities.base import check_finite, check_positive_int
 from ..densities.sequential import check_resampling
 from ..smc import Resampling
 from .mixin import BoundEstimatorMixin
@@ -125,6 +125,9 @@ class FIVO(BoundEstimatorMixin, L.LightningModule):
         return self.model.bound_and_diagnostics(
             self.unpack_batch(batch), self.num_particles, self.resampling, self.ess_threshold
         )
+
+    def check_training_values(self, x: Tensor) -> None:
+        check_finite(x, type(self.model).__name__)
 
     def evaluation_bound(self, batch, num_samples: int) -> Tensor:
         return self.log_marginal_bound(self.unpack_batch(batch), num_particles=num_samples)

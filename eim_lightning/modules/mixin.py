@@ -17,11 +17,12 @@ The mixin owns everything else:
 * ``configure_optimizers``: Adam (lr 3e-4, the paper's; PyTorch's fused implementation where the
   device supports it) with optional step milestones at
   which the learning rate is multiplied by ``lr_gamma`` (the paper: ÷3 after 1e6 steps);
-* input checks: a batch is a tensor ``[B, *event]`` or a tuple/list whose first element is;
-  wrong shapes, dtypes and NaN/Inf raise a clear error (``validate_inputs``; one host sync per
-  step), a non-finite loss stops training with the first bad step named
-  (``check_finite_every_n_steps``; one host sync per Lightning batch, 0 disables), before any
-  later checkpoint, validation or image;
+* input checks (:mod:`.checks`): a batch is a tensor ``[B, *event]`` or a tuple/list whose first
+  element is; wrong shapes, dtypes and values (NaN/Inf; non-binary pixels for a Bernoulli
+  likelihood) raise a clear error (``validate_inputs``; the values of a data set that lists them
+  checked once when training starts, else one host sync per block of steps), a non-finite loss
+  stops training with the first bad step named (``check_finite_every_n_steps``; one host sync per
+  Lightning batch, 0 disables), before any later checkpoint, validation or image;
 * ``setup``: checks that a datamodule's ``event_shape`` matches the model's and copies its
   ``data_mean`` into the density's ``data_mean`` buffer (energies see centred input), and
   passes it to every submodule with an ``initialize_from_data(mean)`` method (a VAE, also as
@@ -44,7 +45,6 @@ estimated, so its value is not a bound).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -52,9 +52,10 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from ..densities import Density, Normal
-from ..densities.base import check_positive_int, values_prechecked
+from ..densities.base import check_positive_int
 from ..nn import MLP
 from ..optim import Adam
+from .checks import InputChecksMixin
 from .engine import StepEngineMixin, overrides
 from .precision import warn_if_bf16_is_emulated
 from .randomness import RandomStateMixin
@@ -90,7 +91,7 @@ def resolve_density(density: Density | None, parts: dict[str, object], build) ->
     return density
 
 
-class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
+class BoundEstimatorMixin(StepEngineMixin, InputChecksMixin, RandomStateMixin):
     """Training/validation/test logic for any module whose ``self.density`` has a bound.
 
     Mix in *before* ``LightningModule``: ``class MyEIM(BoundEstimatorMixin, L.LightningModule)``;
@@ -198,11 +199,6 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
         """The per-example evaluation bound ``[B]`` of a batch with ``num_samples`` replicas."""
         return self.density.log_prob_lower_bound(self.unpack_batch(batch), num_samples=num_samples)
 
-    def check_batch(self, batch) -> None:
-        """Check a training batch's values eagerly (``validate_inputs``; one host sync)."""
-        if self.validate_inputs:
-            self.density.check_input(self.unpack_batch(batch))
-
     def training_bound_only(self, batch) -> Tensor:
         """The training bound of a step whose diagnostics are not wanted (what
         :meth:`compiled_bound` compiles)."""
@@ -265,62 +261,6 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
             self.log(f"train/{name}", value.detach().float().mean(), on_step=True, on_epoch=False)
         return results[-1][0] if self.automatic_optimization else None
 
-    def nonfinite_guard(self, loss: Tensor) -> Tensor | None:
-        """For a checked step: a flag that makes the optimiser skip a non-finite step on device
-        (``loss * 0`` is 0 for a finite loss and NaN otherwise: two operations)."""
-        n = self.check_finite_every_n_steps
-        if not n or self.global_step % n:
-            return None
-        return torch.nan_to_num(loss.detach() * 0, nan=1.0).float()  # the fused kernels take float32
-
-    def checked_block(self, steps: list) -> AbstractContextManager:
-        """Check the values of a block's batches at once, before any of its steps (one host
-        sync), and return the context that runs the block without the densities' per-call value
-        checks; a bad batch raises, naming its step. Types and shapes are still checked at every
-        step; batches that differ in shape or dtype are left to those per-step checks."""
-        if not self.validate_inputs:
-            return nullcontext()
-        xs = [self.unpack_batch(batch) for batch in steps]
-        x0 = xs[0]
-        if not x0.is_floating_point() or any(
-            x.shape != x0.shape or x.dtype != x0.dtype or x.device != x0.device for x in xs
-        ):
-            return nullcontext()
-        if not bool(torch.isfinite(torch.stack(xs) if len(xs) > 1 else x0).all()):
-            bad = next(i for i, x in enumerate(xs) if not bool(torch.isfinite(x).all()))
-            raise ValueError(
-                f"{type(self).__name__}: the batch of training step {self.global_step + bad} has "
-                f"{int((~torch.isfinite(xs[bad])).sum())} non-finite (NaN/Inf) values (shape {list(xs[bad].shape)})"
-            )
-        return values_prechecked()
-
-    def _check_finite(self, results) -> None:
-        """Raise, naming the first checked step whose loss is not finite (one host sync)."""
-        n = self.check_finite_every_n_steps
-        if not n:
-            return
-        first_step = self.global_step - (0 if self.automatic_optimization else len(results))
-        checked = [i for i in range(len(results)) if (first_step + i) % n == 0]
-        if not checked:
-            return
-        finite = torch.stack([torch.isfinite(results[i][0]) for i in checked])
-        if bool(finite.all()):
-            return
-        i = checked[int((~finite).nonzero()[0, 0])]
-        # only now, off the hot path: a finite loss with non-finite gradients updates the weights to
-        # NaN, and the loss turns non-finite one step later
-        params_finite = all(bool(torch.isfinite(p).all()) for p in self.parameters())
-        cause = (
-            ""
-            if params_finite
-            else "; the parameters were already non-finite: an earlier step's gradients were non-finite "
-            "although its loss was finite (try a smaller learning rate or step size, or gradient clipping)"
-        )
-        raise FloatingPointError(
-            f"{type(self).__name__}: non-finite training loss at global step {first_step + i} "
-            f"(train/{self.bound_name} = {(-results[i][0]).item()}){cause}; the last checkpoint is left untouched"
-        )
-
     def _eval_step(self, batch, metric: MeanMetric, stage: str, num_samples: int) -> None:
         metric.update(self.evaluation_bound(batch, num_samples))
         self.log(f"{stage}/{self.bound_name}", metric, on_step=False, on_epoch=True, prog_bar=True)
@@ -364,6 +304,7 @@ class BoundEstimatorMixin(StepEngineMixin, RandomStateMixin):
 
     def on_train_start(self) -> None:
         self.restore_rng_on_train_start()
+        self.check_training_data()
         self.align_validation_to_blocks()
         self.prepare_closed_form()
         self.prepare_compiled_bound()
