@@ -106,3 +106,20 @@ def test_the_real_mnist_training_sets_are_checked_once(data_dir, make_trainer, c
     trainer = make_trainer(max_steps=3, limit_val_batches=0)
     trainer.fit(small_vae(), datamodule=dm)
     assert trainer.global_step == 3 and count_binary_checks == [1]
+
+
+def test_an_evaluation_checks_its_pixels_once_not_once_per_replica(count_binary_checks):
+    from eim_lightning import densities as D
+
+    torch.manual_seed(0)
+    proposal = D.VAE(latent_dim=4, hidden_sizes=(8,))
+    snis = D.SNIS(proposal, torch.nn.Linear(784, 1), num_proposals=4, eval_chunk_size=1)
+    x = torch.randint(0, 2, (3, 784)).float()
+    with torch.no_grad():
+        assert torch.isfinite(snis.log_prob_lower_bound(x, num_samples=5)).all()
+        assert count_binary_checks == [3]  # SNIS's own check of x delegates to its proposal's, once
+        count_binary_checks.clear()
+        proposal.log_prob_replicas(x, 2)  # the proposal called on its own still checks its pixels
+        assert count_binary_checks == [3]
+        with pytest.raises(ValueError, match="VAE has a Bernoulli likelihood and needs binary data"):
+            snis.log_prob_lower_bound(x * 0.5, num_samples=5)

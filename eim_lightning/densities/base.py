@@ -269,7 +269,8 @@ class Density(nn.Module):
         chunks of ``eval_chunk_size`` replicas. Under autograd with more than one chunk, each
         chunk is checkpointed (its graph recomputed in the backward pass), so with or without
         gradients memory holds one chunk's computation (plus, with gradients, the ``[S, B]``
-        log-weights).
+        log-weights). ``x`` is checked once (:meth:`check_input`, with every value check of the
+        density and its proposal), not again by each replica.
         """
         self.check_input(x, context)
         check_positive_int("num_samples", num_samples)
@@ -279,7 +280,8 @@ class Density(nn.Module):
         if torch.is_grad_enabled() and num_samples > self.eval_chunk_size:
             # x is a positional input so that checkpoint restores the random state of its device
             replicas = partial(checkpoint, self.log_prob_replicas, x, context=context, use_reentrant=False)
-        return chunked_log_mean_exp(replicas, num_samples, self.eval_chunk_size)
+        with values_prechecked():
+            return chunked_log_mean_exp(replicas, num_samples, self.eval_chunk_size)
 
     def bound_and_diagnostics(
         self, x: Tensor, context: Tensor | None = None, diagnostics: bool = True
