@@ -191,11 +191,14 @@ def section(text: str, heading: str = HEADING) -> str:
 
 def update_section(path: Path, lines: list[str], heading: str = HEADING) -> None:
     """Replace the section under ``heading`` (default: this script's) of ``path`` (or append it),
-    keeping everything else."""
+    keeping everything else and the blank line before the next section's heading."""
     old = path.read_text() if path.exists() else "# Image benchmarks\n\n"
-    new = "\n".join(lines) + "\n"
+    new = "\n".join(lines).rstrip("\n") + "\n"
     current = section(old, heading)
-    path.write_text(old.replace(current, new) if current else old.rstrip() + "\n\n" + new)
+    if not current:
+        path.write_text(old.rstrip() + "\n\n" + new)
+        return
+    path.write_text(old.replace(current, new + ("\n" if current.endswith("\n\n") else "")))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,17 @@ def test_its_section_replaces_only_itself(tmp_path):
     assert "kept" in text and "second" in text and "first" not in text and text.count(P.HEADING) == 1
 
 
+def test_a_replaced_section_keeps_the_blank_line_before_the_next_heading(tmp_path):
+    import images_vs_tf
+
+    page = tmp_path / "BENCHMARKS_IMAGES.md"
+    page.write_text(f"# Image benchmarks\n\n{images_vs_tf.HEADING}\n\nold\n\n{P.HEADING}\n\nprofile\n")
+    images_vs_tf.update_section(page, [images_vs_tf.HEADING, "", "| a |", "", "Measured today."])
+    images_vs_tf.update_section(page, [images_vs_tf.HEADING, "", "| b |", "", "Measured again."])
+    text = page.read_text()
+    assert f"Measured again.\n\n{P.HEADING}\n\nprofile\n" in text and "old" not in text and "| a |" not in text
+
+
 def test_the_step_and_memory_tables_keep_the_other_scripts_sections(tmp_path):
     import images_vs_tf
     import vae_steps
