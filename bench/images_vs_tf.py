@@ -181,24 +181,22 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def section(text: str, heading: str = HEADING) -> str:
-    """The section under ``heading`` (default: this script's) of a Markdown page ("" if it has none)."""
+    """The section under ``heading`` (default: this script's) of a Markdown page ("" if it has none),
+    up to its last line's newline: the blank line before the next heading is not part of it."""
     start = text.find(heading)
     if start < 0:
         return ""
     end = text.find("\n## ", start + len(heading))
-    return text[start:] if end < 0 else text[start : end + 1]
+    return text[start:] if end < 0 else text[start:end]
 
 
 def update_section(path: Path, lines: list[str], heading: str = HEADING) -> None:
     """Replace the section under ``heading`` (default: this script's) of ``path`` (or append it),
-    keeping everything else and the blank line before the next section's heading."""
+    keeping everything else."""
     old = path.read_text() if path.exists() else "# Image benchmarks\n\n"
-    new = "\n".join(lines).rstrip("\n") + "\n"
+    new = "\n".join(lines) + "\n"
     current = section(old, heading)
-    if not current:
-        path.write_text(old.rstrip() + "\n\n" + new)
-        return
-    path.write_text(old.replace(current, new + ("\n" if current.endswith("\n\n") else "")))
+    path.write_text(old.replace(current, new) if current else old.rstrip() + "\n\n" + new)
 
 
 if __name__ == "__main__":
