@@ -419,6 +419,14 @@ NOTES = """## What this is, and what falls short
   0.99 and most samples are the truncation's forced last proposal) 2143.21 (18.3 better);
   HIS with it (T = 5) 2142.28 (19.2 better; its test took 54 minutes, 18 of them paused while
   benchmarks ran). The EIM paper's Table 2 trained far longer; these rows show the ordering only.
+  LARS can add at most log T to its proposal's log-density whatever Z and the acceptance
+  (`q_T / pi = a sum_{t<T-1} (1-Z)^t + (1-Z)^{T-1} <= a (T - 1) + 1 <= T`; tested in
+  `tests/test_lars.py`), and SNIS at most log K (`tests/test_snis.py`). So at most log 100 = 4.6 of
+  the LARS row's 18.3 nats can come from its acceptance function (its test figure is its proposal's
+  1000-sample bound on the same draws plus the mean of `log(q_T / pi)`): the VAE trained inside LARS
+  is itself at least 13.7 nats better (NLL bound at most 2147.8) than the same VAE trained alone for
+  the same steps. Not investigated further (its run folder is not on this
+  machine: evaluating that proposal alone from the LARS checkpoint would say by how much).
 * **Jittered Fashion-MNIST at 10,000 steps**: the Gaussian-decoder VAE alone 2919.67; LARS with it
   as its proposal (T = 100, an estimate, Z from 1e6 proposal samples: 2.2e-4, so (1 - Z)^99 is about
   0.98 and nearly every sample is the truncation's forced last proposal) 2920.36, 0.69 nats *worse*,

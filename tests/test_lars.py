@@ -91,6 +91,23 @@ def test_T1_gives_log_pi_for_any_z():
     torch.testing.assert_close(lars.log_prob_lower_bound(x, 3), log_pi, rtol=0, atol=1e-13)
 
 
+@pytest.mark.parametrize("T", [2, 5, 100, 1024])
+def test_the_estimate_exceeds_log_pi_by_at_most_log_T_whatever_z_and_a(T):
+    """``log q_T - log pi = log(a sum_{t<T-1} (1-Z)^t + (1-Z)^{T-1}) <= log(a (T-1) + 1) <= log T`` for
+    any Z in (0, 1], even a wrong estimate: LARS can add at most log T to its proposal's density (the
+    results pages use it), and it reaches log T as a -> 1 and Z -> 0."""
+    x = torch.linspace(-4.0, 4.0, 41, dtype=torch.float64).unsqueeze(-1)
+    log_pi = torch.distributions.Normal(0.0, 1.0).log_prob(x[:, 0])
+    for shift in (-10.0, -0.5, 3.0, 40.0):
+        lars = make_lars(T, shift=shift)
+        for z in (1e-15, 1e-6, 1e-3, 0.3, 1.0):
+            gain = lars.log_prob_given_z(x, torch.tensor(z, dtype=torch.float64))[0] - log_pi
+            assert (gain <= math.log(T) + 1e-12).all(), (shift, z, gain.max().item())
+    # a = 1 - e^-38.5 and Z = 1e-15: the factor is T up to rounding
+    gain = make_lars(T, shift=40.0).log_prob_given_z(x, torch.tensor(1e-15, dtype=torch.float64))[0] - log_pi
+    torch.testing.assert_close(gain, torch.full_like(gain, math.log(T)), rtol=0, atol=1e-9)
+
+
 def mp_log_q_T(log_pi: float, log_a: float, z, T: int) -> float:
     """``log q_T`` in 50-digit arithmetic, the geometric sum written out (``0^0 = 1``)."""
     import mpmath as mp

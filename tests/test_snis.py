@@ -129,6 +129,28 @@ def test_k1_is_exactly_the_proposal(share):
     assert p > 1e-3, p
 
 
+class Step(nn.Module):
+    """``U(x) = 60 [x > 7]``: points far above every proposal sample's energy (P(x' > 7) = 1e-12)."""
+
+    def forward(self, x):
+        return 60.0 * (x[..., 0] > 7).to(x.dtype)
+
+
+@pytest.mark.parametrize("K", [2, 16, 1024])
+def test_the_bound_exceeds_log_pi_by_at_most_log_K(K):
+    """``log pi + log K - log(1 + sum_j e^{U(x_j) - U(x)})`` is at most ``log pi + log K`` on every
+    replica, for any energy (the results pages use it: SNIS adds at most log K to its proposal), and
+    reaches it where U(x) is far above the negatives'."""
+    x = torch.linspace(-4.0, 8.0, 49, dtype=torch.float64).unsqueeze(-1)
+    log_pi = torch.distributions.Normal(0.0, 1.0).log_prob(x[:, 0])
+    for snis in (make_snis(K, amp=30.0), make_snis(K, share=False), SNIS(Normal(1), Step(), num_proposals=K).double()):
+        gain = snis.log_prob_replicas(x, 20) - log_pi
+        assert (gain <= math.log(K) + 1e-12).all(), gain.max().item()
+    far = gain[:, x[:, 0] > 7]
+    assert far.shape == (20, 4)
+    torch.testing.assert_close(far, torch.full_like(far, math.log(K)), rtol=0, atol=1e-12)
+
+
 def test_conditional_k1_equals_the_proposal():
     proposal = Normal(1)
     snis = SNIS(proposal, MLP(1, [8], 1, context_dim=2), num_proposals=1).double()
