@@ -17,7 +17,9 @@ For each prior (N(0, I), SNIS, TRS, LARS; the authors' ``vae_gauss``, ``vae_nis`
 
 Our HIS prior has no TF counterpart; it is timed beside our N(0, I) prior (the issue's goal: at
 most 1.6x its step). Each measurement is a fresh process; both sides at their default thread
-counts; each cell is the median over the windows. Writes (or updates) the section
+counts; each steps/s cell is the median over the windows and each ratio the median of the ratios
+within a window (the TF ratios and HIS / N(0, I) of runs taken side by side: :func:`schedule`).
+Writes (or updates) the section
 "Training speed beside the authors' TF1 code" of ``--output``.
 
     python bench/images_vs_tf.py --output docs/BENCHMARKS_IMAGES.md      # about 20 minutes
@@ -42,6 +44,7 @@ from vs_tf import EIMREF, REPO, TFREF, _run, footer, tf_installed  # noqa: E402
 
 HEADING = "## Training speed beside the authors' TF1 code"
 PRIORS = {"gaussian": "vae_gauss", "snis": "vae_nis", "trs": "vae_trs", "lars": "vae_lars", "his": None}
+MEASURED = ("gaussian", "his", "snis", "trs", "lars")  # the order within a window (see schedule)
 
 _OURS = """
 import sys, time
@@ -104,32 +107,55 @@ def tf_steps_per_s(name: str, steps: int) -> float:
     return float(parsed["steps_per_sec_step0_to_last_log"])
 
 
+def schedule(with_tf: bool, with_bf16: bool) -> list[tuple[str, str]]:
+    """One window's measurements ``(prior, kind)`` in order: the priors as :data:`MEASURED` lists
+    them, each prior's runs in the reverse order of the previous prior's (``bf16``, ``tf``,
+    ``fp32``, then ``fp32``, ``bf16`` for HIS, ...). So each TF run lies beside our runs of its
+    prior and the N(0, I) prior's float32 run directly precedes the HIS prior's: the ratios the
+    table reports are of measurements taken a minute apart, not a window apart."""
+    runs = []
+    for i, prior in enumerate(MEASURED):
+        kinds = [
+            k for k in ("bf16", "tf", "fp32") if (k != "bf16" or with_bf16) and (k != "tf" or with_tf and PRIORS[prior])
+        ]
+        runs += [(prior, kind) for kind in (kinds if i % 2 == 0 else kinds[::-1])]
+    return runs
+
+
 def table(windows: int, steps: int, with_tf: bool, warmup: int, with_bf16: bool = True) -> list[str]:
+    """The table's lines: each steps/s cell the median over ``windows``, each ratio the median over
+    windows of the ratio within a window (paired, as ``bench/vs_tf.py`` reports them: less exposed
+    to the machine's drift between windows than a ratio of medians)."""
     cells: dict[tuple[str, str], list[float]] = {}
     for w in range(windows):
-        for prior, tf_name in PRIORS.items():
-            runs = [("fp32", lambda p=prior: ours_steps_per_s(p, steps, "32-true", warmup))]
-            if with_bf16:
-                runs.append(("bf16", lambda p=prior: ours_steps_per_s(p, steps, "bf16-mixed", warmup)))
-            if with_tf and tf_name:
-                runs.append(("tf", lambda n=tf_name: tf_steps_per_s(n, steps)))
-            for kind, measure in runs:
-                value = measure()
-                cells.setdefault((prior, kind), []).append(value)
-                print(f"window {w + 1}: {prior} {kind} {value:.1f} steps/s", flush=True)
-    med = {key: statistics.median(values) for key, values in cells.items()}
-    gauss = med[("gaussian", "fp32")]
+        for prior, kind in schedule(with_tf, with_bf16):
+            if kind == "tf":
+                value = tf_steps_per_s(PRIORS[prior], steps)
+            else:
+                value = ours_steps_per_s(prior, steps, "32-true" if kind == "fp32" else "bf16-mixed", warmup)
+            cells.setdefault((prior, kind), []).append(value)
+            print(f"window {w + 1}: {prior} {kind} {value:.1f} steps/s", flush=True)
+
+    def paired(top: tuple[str, str], bottom: tuple[str, str]) -> str:
+        if top not in cells or bottom not in cells:
+            return "-"
+        return f"{statistics.median(a / b for a, b in zip(cells[top], cells[bottom])):.2f}"
+
     lines = [
         "| prior | ours fp32 (steps/s) | ours bf16-mixed (steps/s) | TF (steps/s) | fp32 / TF | bf16 / TF "
         "| our fp32 step / N(0, I)'s |",
         "|---|---|---|---|---|---|---|",
     ]
     for prior in PRIORS:
-        fp32, bf16, tf = med[(prior, "fp32")], med.get((prior, "bf16")), med.get((prior, "tf"))
-        bf16_cell = f"{bf16:.1f}" if bf16 is not None else "skipped"
-        bf16_ratio = f"{bf16 / tf:.2f}" if bf16 is not None and tf else "-"
-        tf_cells = f"{tf:.1f} | {fp32 / tf:.2f} | {bf16_ratio}" if tf else "- | - | -"
-        lines.append(f"| {prior} | {fp32:.1f} | {bf16_cell} | {tf_cells} | {gauss / fp32:.2f} |")
+        speeds = [
+            f"{statistics.median(cells[key]):.1f}" if (key := (prior, kind)) in cells else "-"
+            for kind in ("fp32", "bf16", "tf")
+        ]
+        if not with_bf16:
+            speeds[1] = "skipped"
+        fp32, tf = (prior, "fp32"), (prior, "tf")
+        ratios = [paired(fp32, tf), paired((prior, "bf16"), tf), paired(("gaussian", "fp32"), fp32)]
+        lines.append(f"| {prior} | {' | '.join(speeds)} | {' | '.join(ratios)} |")
     return lines
 
 
@@ -157,7 +183,9 @@ def main(argv: list[str] | None = None) -> None:
         f"steps/s over {opts.steps} steps after {opts.warmup} untimed ones (compilation included there), "
         "validation excluded; TF: the authors' "
         "`mnist.py` via `../shared/tfref/mnist/speed_pass.sh` (steps/s from its own log timestamps). "
-        "HIS has no TF counterpart; the last column is our step time relative to our N(0, I) prior's.",
+        "HIS has no TF counterpart; the last column is our step time relative to our N(0, I) prior's. "
+        "Within a window each TF run lies beside our runs of its prior and our N(0, I) float32 run directly "
+        "precedes the HIS prior's; each ratio is the median over windows of the ratio within a window.",
         "",
         *table(opts.windows, opts.steps, with_tf, opts.warmup, with_bf16),
         "",
