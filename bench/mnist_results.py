@@ -425,8 +425,8 @@ NOTES = """## What this is, and what falls short
   the LARS row's 18.3 nats can come from its acceptance function (its test figure is its proposal's
   1000-sample bound on the same draws plus the mean of `log(q_T / pi)`): the VAE trained inside LARS
   is itself at least 13.7 nats better (NLL bound at most 2147.8) than the same VAE trained alone for
-  the same steps. Not investigated further (its run folder is not on this
-  machine: evaluating that proposal alone from the LARS checkpoint would say by how much).
+  the same steps. The VAE alone varies that much between seeds: with seed 1 (same command,
+  `--seed 1`) it reached 2169.02, 7.5 nats worse than with seed 0 (one more seed each, 10,000 steps).
 * **Jittered Fashion-MNIST at 10,000 steps**: the Gaussian-decoder VAE alone 2919.67; LARS with it
   as its proposal (T = 100, an estimate, Z from 1e6 proposal samples: 2.2e-4, so (1 - Z)^99 is about
   0.98 and nearly every sample is the truncation's forced last proposal) 2920.36, 0.69 nats *worse*,
