@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eim_lightning.modules.precision import cpu_has_bf16_instructions  # noqa: E402
 from machine import describe  # noqa: E402  (bench/machine.py)
-from vs_tf import EIMREF, REPO, TFREF, _run, footer, tf_installed  # noqa: E402
+from vs_tf import EIMREF, REPO, TFREF, _paired, _run, footer, tf_installed  # noqa: E402
 
 HEADING = "## Training speed beside the authors' TF1 code"
 PRIORS = {"gaussian": "vae_gauss", "snis": "vae_nis", "trs": "vae_trs", "lars": "vae_lars", "his": None}
@@ -139,7 +139,7 @@ def table(windows: int, steps: int, with_tf: bool, warmup: int, with_bf16: bool 
     def paired(top: tuple[str, str], bottom: tuple[str, str]) -> str:
         if top not in cells or bottom not in cells:
             return "-"
-        return f"{statistics.median(a / b for a, b in zip(cells[top], cells[bottom])):.2f}"
+        return f"{_paired(cells[top], cells[bottom]):.2f}"
 
     lines = [
         "| prior | ours fp32 (steps/s) | ours bf16-mixed (steps/s) | TF (steps/s) | fp32 / TF | bf16 / TF "
