@@ -268,12 +268,14 @@ def main(argv: list[str] | None = None) -> None:
 
 def write_page(path: Path, text: str) -> None:
     """Write this script's tables at the top of ``path``, keeping the sections that
-    ``bench/images_vs_tf.py`` and ``bench/vae_step_profile.py`` wrote there."""
+    ``bench/images_vs_tf.py``, ``bench/vae_step_profile.py`` and ``bench/vae_compile.py`` wrote there."""
     from images_vs_tf import HEADING, section
+    from vae_compile import HEADING as COMPILE
     from vae_step_profile import HEADING as PROFILE
 
     old = path.read_text() if path.exists() else ""
-    kept = [part.rstrip("\n") + "\n" for part in (section(old, h) for h in (HEADING, PROFILE)) if part.strip()]
+    headings = (HEADING, PROFILE, COMPILE)
+    kept = [part.rstrip("\n") + "\n" for part in (section(old, h) for h in headings) if part.strip()]
     path.write_text(text + "".join("\n" + part for part in kept))
 
 

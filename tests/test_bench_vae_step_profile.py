@@ -81,13 +81,18 @@ def test_the_step_and_memory_tables_keep_the_other_scripts_sections(tmp_path):
 
     page = tmp_path / "BENCHMARKS_IMAGES.md"
     page.write_text("# old tables\n\n## Training step\n\nold\n")
+    import vae_compile
+
+    page = tmp_path / "BENCHMARKS_IMAGES.md"
+    page.write_text("# old tables\n\n## Training step\n\nold\n")
     images_vs_tf.update_section(page, [images_vs_tf.HEADING, "", "versus TF"])
     P.update_section(page, [P.HEADING, "", "profile"], P.HEADING)
+    vae_compile.update_section(page, [vae_compile.HEADING, "", "compiled"], vae_compile.HEADING)
     vae_steps.write_page(page, "# new tables\n\n## Training step\n\nnew\n")
     text = page.read_text()
     assert text.startswith("# new tables") and "old" not in text
-    assert "versus TF" in text and "profile" in text
-    assert text.index(images_vs_tf.HEADING) < text.index(P.HEADING)
+    assert "versus TF" in text and "profile" in text and "compiled" in text
+    assert text.index(images_vs_tf.HEADING) < text.index(P.HEADING) < text.index(vae_compile.HEADING)
 
 
 @pytest.mark.parametrize("arguments", [["--steps", "0"], ["--warmup", "-1"]])
@@ -95,3 +100,21 @@ def test_impossible_step_counts_are_refused_before_any_run(arguments, capsys):
     with pytest.raises(SystemExit):
         P.main(arguments)
     assert "--steps must be >= 1 and --warmup >= 0" in capsys.readouterr().err
+
+
+def test_the_compile_table_says_never_where_compiling_saves_nothing():
+    import vae_compile
+
+    cell = {"eager_ms": 10.0, "compiled_ms": 8.0, "ratio": 1.25, "compile_s": 20.0, "break_even": 10_000.0}
+    assert vae_compile.row("snis", "32-true", cell) == "| snis | 32-true | 10.00 | 8.00 | 1.25 | 20.0 | 10,000 |"
+    never = vae_compile.row("snis", "32-true", {**cell, "break_even": float("inf")})
+    assert never.endswith("| never |")
+
+
+@pytest.mark.parametrize("arguments", [["--steps", "0"], ["--rounds", "0"]])
+def test_the_compile_benchmark_refuses_impossible_counts(arguments, capsys):
+    import vae_compile
+
+    with pytest.raises(SystemExit):
+        vae_compile.main(arguments)
+    assert "--steps and --rounds must be >= 1" in capsys.readouterr().err

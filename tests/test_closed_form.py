@@ -17,8 +17,9 @@ from datamodules import Toy2DDataModule
 from eim_lightning import HIS, LARS, SNIS, TRS
 from eim_lightning import densities as D
 from eim_lightning.bounds import lars_geometry, lars_log_prob
+from eim_lightning.densities.his import COMPILE_MIN_STEPS
 from eim_lightning.integrators import LeapfrogTape, leapfrog_reverse, leapfrog_reverse_vjp
-from eim_lightning.modules.engine import CLOSED_FORM_COMPILE_MIN_STEPS, COMPILE_MIN_STEPS
+from eim_lightning.modules.engine import CLOSED_FORM_COMPILE_MIN_STEPS
 from eim_lightning.nn import DERIVATIVES, MLP, SECOND_DERIVATIVES
 
 

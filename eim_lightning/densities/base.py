@@ -180,9 +180,10 @@ class Density(nn.Module):
 
     #: check shapes, dtypes and finiteness of inputs (costs one host sync per call)
     validate_args: bool = True
-    #: ``torch.compile`` of the training bound was measured to pay for its compilation time
-    #: (the step engine then compiles long runs by default)
-    compile_pays: bool = False
+    #: the shortest run (in optimiser steps) for which ``torch.compile`` of the training bound was
+    #: measured to pay for its compilation time: the step engine compiles runs at least this long
+    #: by default; None: never by default
+    compile_min_steps: int | None = None
 
     def __init__(self, event_shape: tuple[int, ...] | torch.Size, eval_chunk_size: int = 64) -> None:
         super().__init__()

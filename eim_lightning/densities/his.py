@@ -40,6 +40,11 @@ __all__ = ["HIS"]
 
 MIN_MOMENTUM_SCALE = 1e-5
 
+#: the shortest run HIS's training bound is compiled for by default (:attr:`HIS.compile_min_steps`):
+#: as an MNIST VAE's prior its compilation paid for itself after about 4,000 steps
+#: (``bench/vae_compile.py``, docs/BENCHMARKS_IMAGES.md)
+COMPILE_MIN_STEPS = 5000
+
 
 def _standard_normal_log_prob(rho: Tensor) -> Tensor:
     return -0.5 * (rho.square() + LOG_2PI).sum(-1)
@@ -63,15 +68,16 @@ class HIS(Density):
     """
 
     @property
-    def compile_pays(self) -> bool:  # type: ignore[override]
-        """Hundreds of small leapfrog operations: 1.5-3x faster per 2-D step compiled than through
-        autograd in runs of ``bench/toy2d_steps.py`` (CPU; 3.53 against 5.27 ms in
-        docs/BENCHMARKS_BREAKDOWN.md); the closed form (below) replayed from its
-        trace was faster still there, so the step engine compiles HIS automatically only where that
-        is not in use. Only with an MLP potential, whose ``grad E`` is in closed form: any other
-        potential's comes from ``autograd.grad`` with a graph, and torch.compile cannot take its
-        double backward (a jittered-MNIST HIS with a rescaled potential failed at its first step)."""
-        return isinstance(self.potential, MLP) and self.potential.has_input_gradient
+    def compile_min_steps(self) -> int | None:  # type: ignore[override]
+        """Compiled from :data:`COMPILE_MIN_STEPS` steps on. Hundreds of small leapfrog operations:
+        1.5-3x faster per 2-D step compiled than through autograd in runs of
+        ``bench/toy2d_steps.py`` (CPU; 3.53 against 5.27 ms in docs/BENCHMARKS_BREAKDOWN.md); the
+        closed form (below) replayed from its trace was faster still there, so the step engine
+        compiles HIS automatically only where that is not in use. Only with an MLP potential, whose
+        ``grad E`` is in closed form (else None): any other potential's comes from ``autograd.grad``
+        with a graph, and torch.compile cannot take its double backward (a jittered-MNIST HIS with a
+        rescaled potential failed at its first step)."""
+        return COMPILE_MIN_STEPS if isinstance(self.potential, MLP) and self.potential.has_input_gradient else None
 
     def __init__(
         self,

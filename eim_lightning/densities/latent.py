@@ -122,11 +122,10 @@ class LatentVariableModel(Density):
         del self._pending_data_mean
 
     @property
-    def compile_pays(self) -> bool:  # type: ignore[override]
+    def compile_min_steps(self) -> int | None:  # type: ignore[override]
         """Compiling the model's training bound pays where it pays for its prior (an HIS prior's
-        leapfrog: the static-MNIST VAE's step took 7.6 ms compiled against 11.4 ms eager, after
-        about 35 s of compilation, on the 2-core CPU; N(0, I)'s took 5.0 ms eager)."""
-        return self.prior.compile_pays
+        leapfrog); :class:`~.vae.VAE` adds its own networks' gain."""
+        return self.prior.compile_min_steps
 
     # -- subclass API ------------------------------------------------------------------------
 

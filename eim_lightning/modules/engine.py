@@ -28,9 +28,10 @@ it, under manual optimisation, and pays Lightning's per-batch cost once per *blo
 **Compilation** (``compile``; default ``None`` = automatic): the one-step training bound can run
 through ``torch.compile`` (forward and backward; the optimiser is one fused kernel anyway). It
 costs seconds to minutes of compilation at the first step, so the automatic choice compiles only
-where it was measured to pay (a density with ``compile_pays = True``: HIS, whose leapfrog is
-hundreds of small operations, ran 2.6x faster per step compiled on the CPU than through
-autograd) and only for runs of at least :data:`COMPILE_MIN_STEPS` steps; where the step has
+where it was measured to pay, in runs at least as long as the density's
+``compile_min_steps`` (None: never; HIS, whose leapfrog is hundreds of small operations, ran
+2.6x faster per step compiled on the CPU than through autograd; the MLP VAE with any prior,
+1.1-1.5x; ``bench/vae_compile.py`` measures the break-even); where the step has
 closed-form gradients (below), never when they are replayed from their trace (HIS's 2-D step
 traced was faster than compiled: 1.60 against 3.53 ms in docs/BENCHMARKS_BREAKDOWN.md) and
 from :data:`CLOSED_FORM_COMPILE_MIN_STEPS` on when they run eagerly (``trace=False``); on the
@@ -74,6 +75,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import warnings
 
 import lightning as L
@@ -87,7 +89,6 @@ from .traced import TracedClosedForm
 __all__ = [
     "StepEngineMixin",
     "MAX_STEPS_PER_BLOCK",
-    "COMPILE_MIN_STEPS",
     "CLOSED_FORM_COMPILE_MIN_STEPS",
     "block_steps",
     "choose_steps_per_block",
@@ -96,10 +97,8 @@ __all__ = [
 #: the largest block the automatic choice takes (Lightning's per-batch cost is then < 1/50 a step)
 MAX_STEPS_PER_BLOCK = 50
 
-#: the shortest run the automatic choice compiles (compilation takes 10-30 s on 2 CPU cores)
-COMPILE_MIN_STEPS = 5000
-
-#: the same where the step has closed-form gradients run eagerly (``trace=False``; HIS's 2-D step
+#: the shortest run compiled automatically where the step has closed-form gradients run eagerly
+#: (``trace=False``), whatever the density's ``compile_min_steps`` (HIS's 2-D step
 #: in two runs of ``bench/toy2d_steps.py``: 3.39 ms eager closed form against 2.33 ms compiled, a
 #: break-even near 26,000 steps after 27 s of compilation with an empty on-disk cache; 2.87 against
 #: 3.07, no break-even; 3.12 against 1.99 after 29.8 s, again near 26,000; 2.89 against 3.53, none
@@ -309,7 +308,7 @@ class StepEngineMixin:
         if trainer.max_steps >= 0:
             return trainer.max_steps
         estimate = trainer.estimated_stepping_batches
-        return int(estimate * self._block_size) if math.isfinite(estimate) else COMPILE_MIN_STEPS
+        return int(estimate * self._block_size) if math.isfinite(estimate) else sys.maxsize
 
     def prepare_compiled_bound(self) -> None:
         """At ``on_train_start``: compile the one-step training bound where it pays (module doc)."""
@@ -317,8 +316,10 @@ class StepEngineMixin:
         if self.compile is False or self.automatic_optimization:
             return
         density = getattr(self, "density", None)
-        shortest = CLOSED_FORM_COMPILE_MIN_STEPS if self._closed_form_on else COMPILE_MIN_STEPS
-        pays = getattr(density, "compile_pays", False) and self._traced_closed_form is None
+        shortest = getattr(density, "compile_min_steps", None)
+        if self._closed_form_on and shortest is not None:
+            shortest = max(shortest, CLOSED_FORM_COMPILE_MIN_STEPS)
+        pays = shortest is not None and self._traced_closed_form is None
         if self.compile or (pays and self._run_length() >= shortest):
             self._closed_form_on, self._traced_closed_form = False, None
             # on the CPU, inductor's C++ wrapper: one compiled module instead of a Python wrapper
