@@ -10,8 +10,8 @@ For each prior (N(0, I), SNIS, TRS, LARS; the authors' ``vae_gauss``, ``vae_nis`
   instructions, where torch emulates it, unless ``--bf16``): ``Trainer.fit`` of the shipped config
   ``configs/images/static_mnist/vae_<prior>_prior.yaml`` (TensorBoard logger, image callback,
   checkpointing and run length as shipped, so every automatic choice is the one a real run
-  makes: the HIS prior's bound is compiled), stopped after WARMUP + STEPS steps; steps/s over
-  the STEPS steps after the first WARMUP (the compilation, where there is one, falls in the
+  makes: the VAE's training step is compiled, whatever its prior), stopped after WARMUP + STEPS
+  steps; steps/s over the STEPS steps after the first WARMUP (the compilation falls in the
   warm-up, as TF's graph construction precedes its step 0), validation time excluded (TF's
   loop does not validate).
 
@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Static MNIST VAE 784-300-300-50, batch 128, {opts.steps} timed training steps per measurement. "
         "Ours: `Trainer.fit` of the shipped config (logger, image callback, checkpoints and run length as "
-        "shipped, so the automatic choices are a real run's: the HIS prior's bound is compiled), "
+        "shipped, so the automatic choices are a real run's: the VAE's training step is compiled, whatever its "
+        "prior), "
         f"steps/s over {opts.steps} steps after {opts.warmup} untimed ones (compilation included there), "
         "validation excluded; TF: the authors' "
         "`mnist.py` via `../shared/tfref/mnist/speed_pass.sh` (steps/s from its own log timestamps). "

@@ -43,9 +43,9 @@ from .latent import Inference, LatentVariableModel, gaussian_from, normal_log_pr
 __all__ = ["VAE"]
 
 #: the shortest run the VAE's training bound is compiled for by default (:attr:`VAE.compile_min_steps`):
-#: on 2 CPU cores its compiled step was 1.2-1.3x faster with every prior, in float32 and bf16-mixed,
-#: after about 20 s of compilation with an empty cache, which paid for itself after 9,000-23,000
-#: steps (``bench/vae_compile.py``, docs/BENCHMARKS_IMAGES.md)
+#: on 2 CPU cores its compiled step was 1.14-1.33x faster with every prior, in float32 and
+#: bf16-mixed, after 17-23 s of compilation with an empty cache, which paid for itself after
+#: 8,600-18,500 steps (``bench/vae_compile.py``, docs/BENCHMARKS_IMAGES.md)
 COMPILE_MIN_STEPS = 20_000
 
 

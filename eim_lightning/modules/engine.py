@@ -31,7 +31,7 @@ costs seconds to minutes of compilation at the first step, so the automatic choi
 where it was measured to pay, in runs at least as long as the density's
 ``compile_min_steps`` (None: never; HIS, whose leapfrog is hundreds of small operations, ran
 2.6x faster per step compiled on the CPU than through autograd; the MLP VAE with any prior,
-1.1-1.5x; ``bench/vae_compile.py`` measures the break-even); where the step has
+1.14-1.33x, with an HIS prior 1.6x; ``bench/vae_compile.py`` measures the break-even); where the step has
 closed-form gradients (below), never when they are replayed from their trace (HIS's 2-D step
 traced was faster than compiled: 1.60 against 3.53 ms in docs/BENCHMARKS_BREAKDOWN.md) and
 from :data:`CLOSED_FORM_COMPILE_MIN_STEPS` on when they run eagerly (``trace=False``); on the
