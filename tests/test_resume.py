@@ -35,6 +35,7 @@ def _job(*args, check=True):
         pytest.param("lars", marks=pytest.mark.slow),
         pytest.param("vae_snis", marks=pytest.mark.slow),
         pytest.param("vae_snis_fashion", marks=pytest.mark.slow),
+        pytest.param("vae_snis_compiled", marks=pytest.mark.slow),
     ],
 )
 def test_killed_and_resumed_run_equals_uninterrupted_run(model, tmp_path, data_dir):

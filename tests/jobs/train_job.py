@@ -40,6 +40,15 @@ MODELS = {
 # every epoch, keyed by (seed, epoch, image), so the resumed run, whose new workers start new
 # random streams, must still read the bits the uninterrupted one read
 MODELS["vae_snis_fashion"] = MODELS["vae_snis"]
+# the same VAE with its training step compiled, as long runs of the VAE are by default: the
+# compiled step's random draws must follow the restored random state too
+MODELS["vae_snis_compiled"] = lambda: VAE(
+    hidden_sizes=(32,),
+    latent_dim=4,
+    num_val_samples=2,
+    prior=SNISDensity(Normal(4), MLP(4, [16], 1), num_proposals=16),
+    compile=True,
+)
 
 
 def datamodule(model: str):
