@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
         f"Milliseconds per optimiser step of the shipped static-MNIST VAE configs in `Trainer.fit`, under torch's "
         f"profiler for {opts.steps} steps after {opts.warmup}: the wall time, and the main thread's self CPU time "
         "of each kind of operation (the docstring of `bench/vae_step_profile.py` defines the kinds; the intra-op "
-        "threads' share of a matrix product is not in it). One fresh process per cell, one run each."
+        "threads' share of a matrix product is not in it). The shipped configs' runs are long enough for the "
+        "VAE's training step to be compiled, and a compiled step's kernels, its matrix products included, count "
+        "as other. One fresh process per cell, one run each."
         + ("" if len(precisions) > 1 else " bf16-mixed is left out: this CPU has no bfloat16 instructions."),
         "",
         *table(cells),
