@@ -8,8 +8,8 @@ training set) and times the step the engine runs: the training bound (under bf16
 ``bf16-mixed``, as Lightning runs it), backward, the fused Adam step and the densities' after-step
 hooks, on a training batch of 128 images, with torch's default threads:
 
-* **compile (s)**: the first compiled step, ``torch.compile(module.training_bound_only)`` with
-  the options the engine uses (inductor's C++ wrapper on the CPU), with an empty compile cache
+* **compile (s)**: the first compiled step, ``module.training_bound_only`` compiled as the
+  engine compiles it (``engine.compiled_for``: inductor's C++ wrapper on the CPU), with an empty compile cache
   (a fresh ``TORCHINDUCTOR_CACHE_DIR``), less an eager step;
 * **eager / compiled (ms/step)**: ``--rounds`` rounds of ``--steps`` eager steps then as many
   compiled ones, alternating in the one process so that the machine's drift hits both alike;
@@ -38,9 +38,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eim_lightning.modules.precision import cpu_has_bf16_instructions  # noqa: E402
 from images_vs_tf import update_section  # noqa: E402  (bench/images_vs_tf.py)
 from machine import describe  # noqa: E402
+from vae_step_profile import BF16_LEFT_OUT, precisions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HEADING = "## Compiling the training step: what it saves and from how many steps"
@@ -54,6 +54,7 @@ def child(prior: str, precision: str, steps: int, rounds: int) -> dict:
     import torch
 
     from eim_lightning.cli import EIMCLI
+    from eim_lightning.modules.engine import compiled_for
 
     cli = EIMCLI(
         args=["--config", f"configs/images/static_mnist/vae_{prior}_prior.yaml", "--trainer.logger=false"], run=False
@@ -66,8 +67,7 @@ def child(prior: str, precision: str, steps: int, rounds: int) -> dict:
     module._diagnostics_wanted = False
     optimizer = torch.optim.Adam(module.parameters(), lr=module.lr, fused=True)
     stateful = module._densities_with("after_optimizer_step")
-    options = {"cpp_wrapper": True} if batch.device.type == "cpu" else None
-    compiled = torch.compile(module.training_bound_only, options=options)
+    compiled = compiled_for(module.training_bound_only, batch.device)
 
     def step(bound_of) -> None:
         autocast = torch.autocast("cpu", torch.bfloat16) if precision == "bf16-mixed" else contextlib.nullcontext()
@@ -87,7 +87,8 @@ def child(prior: str, precision: str, steps: int, rounds: int) -> dict:
 
     eager_first = seconds(module.training_bound_only, 1)
     compile_s = seconds(compiled, 1) - eager_first
-    seconds(module.training_bound_only, 5), seconds(compiled, 5)  # warm both
+    seconds(module.training_bound_only, 5)  # warm both
+    seconds(compiled, 5)
     eager, fast = [], []
     for _ in range(rounds):
         eager.append(seconds(module.training_bound_only, steps) / steps * 1e3)
@@ -134,9 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     if opts.steps < 1 or opts.rounds < 1:
         parser.error(f"--steps and --rounds must be >= 1, got {opts.steps} and {opts.rounds}")
     began = time.time()
-    precisions = ["32-true"] + (["bf16-mixed"] if cpu_has_bf16_instructions() is not False else [])
+    timed = precisions()
     rows = []
-    for precision in precisions:
+    for precision in timed:
         for prior in opts.priors:
             cell = measure(prior, precision, opts.steps, opts.rounds)
             rows.append(row(prior, precision, cell))
@@ -150,8 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         f"process per cell with an empty compile cache; {opts.rounds} alternating rounds of {opts.steps} steps each, "
         "the ratio the median of the rounds' ratios; break-even: the compilation's seconds over what a compiled "
         "step saves, the median over rounds (the docstring of `bench/vae_compile.py`). The HIS prior's eager "
-        "step differentiates its leapfrog through autograd."
-        + ("" if len(precisions) > 1 else " bf16-mixed is left out: this CPU has no bfloat16 instructions."),
+        "step differentiates its leapfrog through autograd." + ("" if "bf16-mixed" in timed else BF16_LEFT_OUT),
         "",
         "| prior | precision | eager (ms/step) | compiled (ms/step) | eager / compiled | compile (s) "
         "| break-even (steps) |",

@@ -121,6 +121,16 @@ def table(cells: dict[tuple[str, str], dict[str, float]]) -> list[str]:
     return lines
 
 
+#: the sentence a page adds where :func:`precisions` leaves bf16-mixed out
+BF16_LEFT_OUT = " bf16-mixed is left out: this CPU has no bfloat16 instructions."
+
+
+def precisions() -> list[str]:
+    """The precisions to time here: float32, and bf16-mixed unless the CPU lacks bfloat16
+    instructions (torch would emulate it; see :data:`BF16_LEFT_OUT`)."""
+    return ["32-true"] + (["bf16-mixed"] if cpu_has_bf16_instructions() is not False else [])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--priors", nargs="+", default=list(PRIORS), choices=PRIORS)
@@ -131,9 +141,9 @@ def main(argv: list[str] | None = None) -> None:
     if opts.steps < 1 or opts.warmup < 0:
         parser.error(f"--steps must be >= 1 and --warmup >= 0, got {opts.steps} and {opts.warmup}")
     began = time.time()
-    precisions = ["32-true"] + (["bf16-mixed"] if cpu_has_bf16_instructions() is not False else [])
+    timed = precisions()
     cells = {}
-    for precision in precisions:
+    for precision in timed:
         for prior in opts.priors:
             cells[(prior, precision)] = profile_prior(prior, precision, opts.steps, opts.warmup)
             print(f"{prior} {precision}: {cells[(prior, precision)]}", flush=True)
@@ -146,8 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         "of each kind of operation (the docstring of `bench/vae_step_profile.py` defines the kinds; the intra-op "
         "threads' share of a matrix product is not in it). The shipped configs' runs are long enough for the "
         "VAE's training step to be compiled, and a compiled step's kernels, its matrix products included, count "
-        "as other. One fresh process per cell, one run each."
-        + ("" if len(precisions) > 1 else " bf16-mixed is left out: this CPU has no bfloat16 instructions."),
+        "as other. One fresh process per cell, one run each." + ("" if "bf16-mixed" in timed else BF16_LEFT_OUT),
         "",
         *table(cells),
         "",

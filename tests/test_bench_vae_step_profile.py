@@ -77,11 +77,8 @@ def test_a_replaced_section_keeps_the_blank_line_before_the_next_heading(tmp_pat
 
 def test_the_step_and_memory_tables_keep_the_other_scripts_sections(tmp_path):
     import images_vs_tf
-    import vae_steps
-
-    page = tmp_path / "BENCHMARKS_IMAGES.md"
-    page.write_text("# old tables\n\n## Training step\n\nold\n")
     import vae_compile
+    import vae_steps
 
     page = tmp_path / "BENCHMARKS_IMAGES.md"
     page.write_text("# old tables\n\n## Training step\n\nold\n")

@@ -22,6 +22,18 @@ from eim_lightning.densities import SNIS as SNISDensity
 from eim_lightning.densities import Normal
 from eim_lightning.nn import MLP
 
+
+def small_vae_snis(**options) -> VAE:
+    """The resume tests' VAE: one hidden layer of 32, a 4-d latent, a small SNIS prior."""
+    return VAE(
+        hidden_sizes=(32,),
+        latent_dim=4,
+        num_val_samples=2,
+        prior=SNISDensity(Normal(4), MLP(4, [16], 1), num_proposals=16),
+        **options,
+    )
+
+
 MODELS = {
     "snis": lambda: SNIS(num_proposals=32, num_val_samples=4),
     "trs": lambda: TRS(T=32, num_val_samples=4),
@@ -29,12 +41,7 @@ MODELS = {
     "lars": lambda: LARS(T=32, num_z_samples=64, num_z_val_samples=500, num_val_samples=4),
     # a VAE with an SNIS prior (small), on a 96-image slice of static MNIST: 6 shuffled batches an
     # epoch, so the checkpoint at step 10 is in the middle of the second epoch
-    "vae_snis": lambda: VAE(
-        hidden_sizes=(32,),
-        latent_dim=4,
-        num_val_samples=2,
-        prior=SNISDensity(Normal(4), MLP(4, [16], 1), num_proposals=16),
-    ),
+    "vae_snis": small_vae_snis,
 }
 # the same VAE on dynamically binarized Fashion-MNIST read by two DataLoader workers: fresh bits
 # every epoch, keyed by (seed, epoch, image), so the resumed run, whose new workers start new
@@ -42,13 +49,7 @@ MODELS = {
 MODELS["vae_snis_fashion"] = MODELS["vae_snis"]
 # the same VAE with its training step compiled, as long runs of the VAE are by default: the
 # compiled step's random draws must follow the restored random state too
-MODELS["vae_snis_compiled"] = lambda: VAE(
-    hidden_sizes=(32,),
-    latent_dim=4,
-    num_val_samples=2,
-    prior=SNISDensity(Normal(4), MLP(4, [16], 1), num_proposals=16),
-    compile=True,
-)
+MODELS["vae_snis_compiled"] = lambda: small_vae_snis(compile=True)
 
 
 def datamodule(model: str):
