@@ -324,11 +324,11 @@ def _small_latent_model(kind: str, prior: str, **kwargs):
 
 @pytest.mark.parametrize(
     ("kind", "prior", "shortest"),
-    [("vae", "normal", 20_000), ("vae", "his", 5000), ("convhvae", "normal", None), ("convhvae", "his", 5000)],
+    [("vae", "normal", 12_000), ("vae", "his", 5000), ("convhvae", "normal", None), ("convhvae", "his", 5000)],
 )
 def test_the_engine_compiles_runs_as_long_as_the_density_says_it_pays(kind, prior, shortest, make_trainer, monkeypatch):
     """The step engine's automatic choice compiles a run at least as long as the density's
-    compile_min_steps and not a shorter one: the MLP VAE from 20,000 steps (its own measured
+    compile_min_steps and not a shorter one: the MLP VAE from 12,000 steps (its own measured
     gain, bench/vae_compile.py), from its prior's threshold if lower (HIS: 5,000); the ConvHVAE
     only where its prior's compilation pays."""
     compiled = []

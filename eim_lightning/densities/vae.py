@@ -43,10 +43,10 @@ from .latent import Inference, LatentVariableModel, gaussian_from, normal_log_pr
 __all__ = ["VAE"]
 
 #: the shortest run the VAE's training bound is compiled for by default (:attr:`VAE.compile_min_steps`):
-#: on 2 CPU cores its compiled step was 1.14-1.33x faster with every prior, in float32 and
-#: bf16-mixed, after 17-23 s of compilation with an empty cache, which paid for itself after
-#: 8,600-18,500 steps (``bench/vae_compile.py``, docs/BENCHMARKS_IMAGES.md)
-COMPILE_MIN_STEPS = 20_000
+#: on 2 CPU cores its compiled step was 1.30-1.46x faster with every prior, in float32 and
+#: bf16-mixed, after 19-28 s of compilation with an empty cache, which paid for itself after
+#: 5,700-11,700 steps (``bench/vae_compile.py``, docs/BENCHMARKS_IMAGES.md)
+COMPILE_MIN_STEPS = 12_000
 
 
 class VAE(LatentVariableModel):
