@@ -41,7 +41,7 @@ __all__ = ["HIS"]
 MIN_MOMENTUM_SCALE = 1e-5
 
 #: the shortest run HIS's training bound is compiled for by default (:attr:`HIS.compile_min_steps`):
-#: as an MNIST VAE's prior its compilation paid for itself after about 5,000 steps
+#: as an MNIST VAE's prior its compilation paid for itself after about 5,000 steps (4,300-6,000)
 #: (``bench/vae_compile.py``, docs/BENCHMARKS_IMAGES.md)
 COMPILE_MIN_STEPS = 5000
 

@@ -30,12 +30,12 @@ through ``torch.compile`` (forward and backward; the optimiser is one fused kern
 costs seconds to minutes of compilation at the first step, so the automatic choice compiles only
 where it was measured to pay, in runs at least as long as the density's
 ``compile_min_steps`` (None: never; HIS, whose leapfrog is hundreds of small operations, ran
-2.6x faster per step compiled on the CPU than through autograd; the MLP VAE with any prior,
-1.14-1.33x, with an HIS prior 1.6x; ``bench/vae_compile.py`` measures the break-even); where the step has
+2.6x faster per step compiled on the CPU than through autograd; the MLP VAE's measured gain and
+break-even are at ``densities.vae.COMPILE_MIN_STEPS``, from ``bench/vae_compile.py``); where the step has
 closed-form gradients (below), never when they are replayed from their trace (HIS's 2-D step
 traced was faster than compiled: 1.60 against 3.53 ms in docs/BENCHMARKS_BREAKDOWN.md) and
 from :data:`CLOSED_FORM_COMPILE_MIN_STEPS` on when they run eagerly (``trace=False``); on the
-CPU with inductor's C++ wrapper (one compiled module, faster to build and to call). A compiled
+CPU with inductor's C++ wrapper and torch's own random number generators (:func:`compiled_for`). A compiled
 step does not use the closed form. Steps whose
 diagnostics are logged run eagerly, and so does a batch of another shape than the first compiled
 one (an epoch's last, partial batch: recompiling for it took another 30 s on 2 CPU cores, inside
