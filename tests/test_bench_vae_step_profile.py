@@ -115,3 +115,21 @@ def test_the_compile_benchmark_refuses_impossible_counts(arguments, capsys):
     with pytest.raises(SystemExit):
         vae_compile.main(arguments)
     assert "--steps and --rounds must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arguments", [["--rows", "0"], ["--cols", "0"], ["--repeats", "0"], ["--rounds", "0"]])
+def test_the_random_draw_benchmark_refuses_impossible_counts(arguments, capsys):
+    import compiled_random
+
+    with pytest.raises(SystemExit):
+        compiled_random.main(arguments)
+    assert "--rows, --cols, --repeats and --rounds must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_random_draw_benchmark_times_both_generators(capsys):
+    import compiled_random
+
+    compiled_random.main(["--rows", "4", "--cols", "3", "--repeats", "2", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert "4 x 3 standard normals" in out and "inductor's generator:" in out and "torch's generator:" in out

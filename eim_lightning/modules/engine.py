@@ -183,11 +183,11 @@ def compiled_for(fn, device: torch.device):
     * with inductor's C++ wrapper, one compiled module instead of a Python wrapper around dozens
       of separately built kernels (measured: the MNIST VAE's HIS-prior step compiled in 23 s
       instead of 34 s and ran 7% faster);
-    * with torch's own random number generators (``fallback_random``), not inductor's: inductor's
-      CPU ``randn`` took 1.47 ms for the 1023 x 50 proposal draws of the MNIST VAE's SNIS prior,
-      against 0.26 ms for torch's ``normal_`` (a third of what the prior added to the compiled step;
-      torch's profiler, 2 cores). The compiled bound then draws the same numbers, from the same
-      generator, as the eager one.
+    * with torch's own random number generators (``fallback_random``), not inductor's: compiled,
+      the 1023 x 50 proposal draws of an MNIST VAE prior took 1.12 ms with inductor's CPU ``randn``
+      against 0.20 ms with torch's (``bench/compiled_random.py``, 2 cores), a cost every EIM prior
+      paid each step. The compiled bound then draws the same numbers, from the same generator, as
+      the eager one.
     """
     return torch.compile(fn, options={"cpp_wrapper": True, "fallback_random": True} if device.type == "cpu" else None)
 
