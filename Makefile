@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) bench/images_vs_tf.py --output docs/BENCHMARKS_IMAGES.md
 	$(PY) bench/vae_step_profile.py --output docs/BENCHMARKS_IMAGES.md
 	$(PY) bench/vae_compile.py --output docs/BENCHMARKS_IMAGES.md
+	$(PY) bench/gpu_steps.py --output docs/BENCHMARKS_GPU.md
 
 results: $(STAMP)
 	$(PY) bench/toy2d_results.py --steps 20000 --jobs 2 --output docs/RESULTS.md

@@ -113,6 +113,25 @@ class _StepTimer(L.Callback):
         self.marks.append(time.perf_counter())
 
 
+def timing_trainer(
+    max_steps: int, timer: L.Callback, accelerator: str = "cpu", precision: str = "32-true"
+) -> L.Trainer:
+    """The Trainer the speed benchmarks time: logger, checkpoints, progress bar, model summary and
+    validation off, ``timer`` its one callback."""
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        precision=precision,
+        max_steps=max_steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+
+
 def lightning_seconds(make, steps: int, warmup: int, repeats: int, fast: bool) -> list[float]:
     """Seconds per step of ``Trainer.fit`` (no validation, logger, checkpoints or progress bar),
     ``repeats`` windows of ``steps`` steps of one run."""
@@ -127,16 +146,7 @@ def lightning_run(make, steps: int, warmup: int, repeats: int, fast: bool) -> tu
         module.check_finite_every_n_steps = 0
     timer = _StepTimer(warmup, steps)
     total = warmup + repeats * steps
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=total,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
+    trainer = timing_trainer(total, timer)
     trainer.fit(module, datamodule=Toy2DDataModule("checkerboard", steps_per_epoch=total))
     windows = [(b - a) / steps for a, b in zip(timer.marks[:-1], timer.marks[1:])]
     return windows, timer.marks[0] - timer.started

@@ -127,11 +127,14 @@ class _StepRecorder(L.Callback):
         self.val_steps.append(trainer.global_step)
 
 
-def _fit(tmp_path, cls, n, max_steps=37, **model_kwargs):
+def fit_in_blocks(tmp_path, cls, n, max_steps=37, recorder=None, name=None, **model_kwargs):
+    """37 steps in blocks of ``n``: logs every 8 steps (CSV), validation every 16, checkpoints every
+    8; returns the model, trainer, recorder and checkpoint names (``name`` names the run's folders)."""
     L.seed_everything(0, verbose=False)
     model = cls(steps_per_block=n, **model_kwargs)
-    recorder = _StepRecorder()
-    ckpt = ModelCheckpoint(dirpath=tmp_path / f"ckpt{n}", every_n_train_steps=8, save_top_k=-1, filename="{step}")
+    recorder = _StepRecorder() if recorder is None else recorder
+    name = name or f"n{n}"
+    ckpt = ModelCheckpoint(dirpath=tmp_path / f"ckpt_{name}", every_n_train_steps=8, save_top_k=-1, filename="{step}")
     trainer = _trainer(
         tmp_path,
         max_steps=max_steps,
@@ -141,18 +144,18 @@ def _fit(tmp_path, cls, n, max_steps=37, **model_kwargs):
         limit_val_batches=1,
         enable_checkpointing=True,
         callbacks=[recorder, ckpt],
-        logger=CSVLogger(tmp_path, name=f"n{n}"),
+        logger=CSVLogger(tmp_path, name=name),
     )
     trainer.fit(
         model, datamodule=Toy2DDataModule("nine_gaussians", steps_per_epoch=32, val_size=200, eval_batch_size=100)
     )
-    return model, trainer, recorder, sorted(p.name for p in (tmp_path / f"ckpt{n}").iterdir())
+    return model, trainer, recorder, sorted(p.name for p in (tmp_path / f"ckpt_{name}").iterdir())
 
 
 @pytest.mark.parametrize("cls, kwargs", [(SNIS, dict(num_proposals=32)), (LARS, dict(T=32, num_z_samples=32))])
 def test_blocks_of_8_steps_train_bit_identically_to_one_step_per_batch(tmp_path, cls, kwargs):
-    one, t1, r1, ck1 = _fit(tmp_path, cls, 1, **kwargs)
-    eight, t8, r8, ck8 = _fit(tmp_path, cls, 8, **kwargs)
+    one, t1, r1, ck1 = fit_in_blocks(tmp_path, cls, 1, **kwargs)
+    eight, t8, r8, ck8 = fit_in_blocks(tmp_path, cls, 8, **kwargs)
     assert one._block_size == 1 and eight._block_size == 8
     assert t1.global_step == t8.global_step == 37  # the last block is cut short at max_steps
     assert all(torch.equal(p, q) for p, q in zip(one.parameters(), eight.parameters()))

@@ -1,7 +1,9 @@
 """The GPU tier (``pytest -m gpu``, ``make test-gpu``): every kind of module trains on CUDA in
-float32 and bf16-mixed through the step engine, and a run interrupted and resumed on CUDA (with
-deterministic algorithms on) ends with exactly the parameters of an uninterrupted run, the CUDA
-random state included. Every test here skips where no CUDA device exists.
+float32 and bf16-mixed through the step engine; the training step is captured into a CUDA graph
+and replayed without host synchronisations, to exactly the parameters of eager steps; and a run
+interrupted and resumed on CUDA (with deterministic algorithms on) ends with exactly the
+parameters of an uninterrupted run, the CUDA random state included. Every test here skips where
+no CUDA device exists.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import yaml
 from conftest import quiet_trainer
 from datamodules import Toy2DDataModule
 from eim_lightning import HIS, LARS, SNIS, TRS, Gaussian
+from eim_lightning.modules.graphed import GraphedStep
 from jobs.shrink import shrink_config
 
 pytestmark = [
@@ -54,6 +57,12 @@ def _trainer(tmp_path, precision: str, **kwargs) -> L.Trainer:
     return quiet_trainer(tmp_path, accelerator="gpu", precision=precision, **kwargs)
 
 
+def _graph_served(model) -> bool:
+    """Whether the module's steps were replayed from a CUDA graph (none failed to capture)."""
+    graphed = model._graphed_step
+    return graphed is not None and not graphed.failed and graphed.replays > 0
+
+
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 @pytest.mark.parametrize("name", sorted(TOY))
 def test_every_2d_module_trains_and_evaluates_on_cuda(name, precision, tmp_path):
@@ -71,6 +80,7 @@ def test_every_2d_module_trains_and_evaluates_on_cuda(name, precision, tmp_path)
     trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 100 and model._block_size == 10
     assert all(p.device.type == "cuda" and torch.isfinite(p).all() for p in model.parameters())
+    assert _graph_served(model)
     (result,) = trainer.test(model, datamodule=dm, verbose=False)
     assert math.isfinite(result[f"test/{model.bound_name}"])
 
@@ -110,6 +120,46 @@ def test_every_other_kind_of_module_trains_on_cuda_from_its_config(config, preci
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 20
     assert all(p.device.type == "cuda" and torch.isfinite(p).all() for p in cli.model.parameters())
+    graphed = getattr(cli.model, "_graphed_step", None)
+    assert graphed is None or not graphed.failed  # where a graph applies, it was captured
+
+
+def _strict_replays(monkeypatch) -> None:
+    """Make any host synchronisation inside a replay (after the capture) an error."""
+    call = GraphedStep.__call__
+
+    def strict(self, batch, optimizer):
+        if self._graph is None:
+            return call(self, batch, optimizer)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return call(self, batch, optimizer)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(GraphedStep, "__call__", strict)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+@pytest.mark.parametrize("name", sorted(TOY))
+def test_the_step_is_a_cuda_graph_replayed_without_host_syncs_to_the_eager_steps_parameters(
+    name, precision, tmp_path, monkeypatch
+):
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    _strict_replays(monkeypatch)
+    runs = {}
+    for graphs in (True, False):
+        L.seed_everything(0, verbose=False)
+        model = TOY[name]()
+        model.cuda_graphs = graphs
+        trainer = _trainer(tmp_path / str(graphs), precision, max_steps=60, log_every_n_steps=20, deterministic=True)
+        trainer.fit(model, datamodule=Toy2DDataModule("two_rings", steps_per_epoch=60))
+        runs[graphs] = model
+    # blocks of 20 steps; the last step of each (19, 39, 59) logs its diagnostics and runs eagerly
+    assert _graph_served(runs[True]) and runs[True]._graphed_step.replays == 57
+    assert runs[False]._graphed_step is None
+    assert all(torch.equal(p, q) for p, q in zip(runs[True].parameters(), runs[False].parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(runs[True].buffers(), runs[False].buffers()))
 
 
 def _resumable_fit(tmp_path, steps: int, ckpt_path=None, stop_at: int | None = None):
@@ -142,4 +192,5 @@ def test_a_resumed_cuda_run_equals_an_uninterrupted_one(tmp_path):
     full = _resumable_fit(tmp_path / "full", 60)
     _resumable_fit(tmp_path / "part", 60, stop_at=30)
     resumed = _resumable_fit(tmp_path / "part", 60, ckpt_path=tmp_path / "part" / "ckpt" / "step=30.ckpt")
+    assert _graph_served(full) and _graph_served(resumed)
     assert all(torch.equal(a, b) for a, b in zip(full.parameters(), resumed.parameters()))

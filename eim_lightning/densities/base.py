@@ -76,6 +76,11 @@ def values_prechecked() -> Iterator[None]:
         _values_prechecked = outer
 
 
+def values_are_prechecked() -> bool:
+    """Whether the code runs inside :func:`values_prechecked`."""
+    return _values_prechecked
+
+
 def check_finite(x: Tensor, owner: str) -> None:
     """Raise a clear error, naming ``owner``, where ``x`` holds NaN or Inf (one host sync)."""
     if not bool(torch.isfinite(x).all()):

@@ -64,6 +64,21 @@ on one thread against two: ``bench/toy2d_steps.py``, docs/BENCHMARKS_BREAKDOWN.m
 setting (TRS, whose T = 1024 proposals fill bigger tensors, was faster on two); an integer sets
 the count for every block.
 
+**CUDA graphs** (``cuda_graphs``; default ``None`` = automatic): on a GPU a small model's step is
+hundreds of kernel launches, each a Python call, and the host that makes them is the limit.
+Where it applies the engine captures the whole optimiser step (the bound, the backward pass or
+closed form, the non-finite flag, the fused Adam step and the densities' state after it, such as
+LARS's Z) into a CUDA graph at the first step and replays it at the others (:mod:`.graphed`: the
+first replay is checked against an eager step from the same state, the random draws included).
+It applies on a CUDA device under the engine's loop, with this package's fused Adam
+(:class:`eim_lightning.optim.Adam`, what ``configure_optimizers`` returns), no per-step hooks
+(``on_before_backward``, ``on_after_backward``, ``on_before_optimizer_step`` of the module or a
+callback: Python that would run between the backward pass and the optimiser step) and
+``check_finite_every_n_steps`` 0 or 1, for blocks whose batch values were checked before the block
+(or ``validate_inputs=False``). Steps whose diagnostics are logged, and batches of another shape
+than the captured one, run eagerly; a learning-rate change (``lr_milestones``) captures again.
+``cuda_graphs=True`` warns where a setting rules it out and raises off a GPU.
+
 A user's own DataLoader takes the same manual path with N = 1. Lightning's automatic
 optimisation (the closure path, N = 1) is used instead where manual optimisation cannot honour a
 setting: gradient clipping (``gradient_clip_val``), gradient accumulation
@@ -84,6 +99,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from ..densities import Density
+from ..densities.base import values_are_prechecked
+from ..optim import Adam
+from .graphed import GraphedStep
 from .traced import TracedClosedForm
 
 __all__ = [
@@ -212,8 +230,9 @@ class StepEngineMixin:
     The module provides ``step_loss(batch, last) -> (loss, bound, diagnostics_or_None)`` for one
     optimiser step, ``training_bound_only(batch)`` (what is compiled), ``check_batch(batch)``,
     ``checked_block(steps)`` (checks a block's batches at once; the context the block runs in),
-    ``nonfinite_guard(loss)`` (a 0-d flag tensor, nonzero to skip the step, or
-    None) and ``after_optimizer_step()``; the engine does the rest.
+    ``validate_inputs``, ``_logs_after_this_step()`` (whether the coming step's diagnostics are
+    logged), ``nonfinite_guard(loss)`` (a 0-d flag tensor, nonzero to skip the step, or None) and
+    ``after_optimizer_step()``; the engine does the rest.
 
     Args:
         steps_per_block: optimiser steps per Lightning batch for generated data (None: automatic).
@@ -224,6 +243,9 @@ class StepEngineMixin:
         step_threads: torch's intra-op threads while a block of training steps runs, restored
             after it (None: automatic, one thread for closed-form steps on the CPU, else torch's
             setting; see the module doc).
+        cuda_graphs: capture the whole optimiser step into a CUDA graph and replay it (None:
+            automatic, wherever it applies on a GPU; True: the same, warning where a setting rules
+            it out, an error off a GPU; False: never; see the module doc).
     """
 
     def __init__(
@@ -233,11 +255,12 @@ class StepEngineMixin:
         closed_form: bool | None = None,
         trace: bool = True,
         step_threads: int | None = None,
+        cuda_graphs: bool | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        for name, value in (("compile", compile), ("closed_form", closed_form)):
-            if value not in (None, True, False):
+        for name, value in (("compile", compile), ("closed_form", closed_form), ("cuda_graphs", cuda_graphs)):
+            if value is not None and not isinstance(value, bool):
                 raise ValueError(f"{name} must be None (automatic), True or False, got {value!r}")
         if not isinstance(trace, bool):
             raise ValueError(f"trace must be True or False, got {trace!r}")
@@ -245,6 +268,8 @@ class StepEngineMixin:
         self.closed_form = closed_form
         self.trace = trace
         self.step_threads = _optional_count("step_threads", step_threads)
+        self.cuda_graphs = cuda_graphs
+        self._graphed_step: GraphedStep | None = None
         self._closed_form_on = False
         self._traced_closed_form: TracedClosedForm | None = None
         self._compiled_bound, self._compiled_shape, self._compiled_step = None, None, False
@@ -356,6 +381,34 @@ class StepEngineMixin:
         traced = self._closed_form_on and self.trace and overrides(density, "closed_form_gradients", Density)
         self._traced_closed_form = TracedClosedForm(density, type(self).__name__) if traced else None
 
+    def prepare_graphed_step(self) -> None:
+        """At ``on_train_start``, after :meth:`collect_step_hooks`: whether steps are captured into
+        a CUDA graph (module doc)."""
+        self._graphed_step = None
+        if self.cuda_graphs is False or self.automatic_optimization:
+            return
+        if self.device.type != "cuda":
+            if self.cuda_graphs:
+                raise ValueError(
+                    f"{type(self).__name__}(cuda_graphs=True) needs a CUDA device, but it trains on "
+                    f"{self.device}; use cuda_graphs=None (automatic) or False"
+                )
+            return
+        optimizer = self.optimizers().optimizer
+        reasons = []
+        if self._step_hooks:
+            names = sorted({f"{type(owner).__name__}.{hook}" for hook, owner in self._step_hooks})
+            reasons.append(f"per-step hooks run Python inside the step ({', '.join(names)})")
+        if getattr(self, "check_finite_every_n_steps", 0) not in (0, 1):
+            reasons.append("check_finite_every_n_steps is neither 0 nor 1 (the step differs between steps)")
+        if not isinstance(optimizer, Adam) or optimizer._lean_plan() is None:
+            reasons.append(f"the optimiser ({type(optimizer).__name__}) is not eim_lightning.optim.Adam's fused step")
+        if reasons:
+            if self.cuda_graphs:
+                rank_zero_warn(f"{type(self).__name__}: no CUDA graph for the training step: {'; '.join(reasons)}")
+            return
+        self._graphed_step = GraphedStep(self._plain_step, self, type(self).__name__)
+
     def compiled_bound(self, batch) -> Tensor | None:
         """The compiled one-step bound of ``batch``, or None (not compiled, compilation failed, or
         a batch of another shape than the first compiled one: module doc)."""
@@ -402,6 +455,22 @@ class StepEngineMixin:
 
     # -- one block --------------------------------------------------------------------------------
 
+    def _optimizer_step(self, optimizer, loss: Tensor) -> None:
+        """The optimiser's step, skipped on the device where the loss is not finite (checked steps)."""
+        guard = self.nonfinite_guard(loss)
+        if guard is not None and hasattr(optimizer, "step_unless"):
+            optimizer.step_unless(guard)
+        else:
+            optimizer.step()
+
+    def _plain_step(self, step_batch, optimizer) -> tuple[Tensor, Tensor]:
+        """One optimiser step without per-step hooks or diagnostics (what a CUDA graph captures):
+        the loss's gradients, the optimiser's step and the densities' state after it."""
+        loss, bound, _ = self._step_with_gradients(step_batch, False, optimizer)
+        self._optimizer_step(optimizer, loss)
+        self.after_optimizer_step()
+        return loss, bound
+
     def _run_hooks(self, name: str, *args) -> None:
         for hook, owner in self._step_hooks:
             if hook == name:
@@ -429,20 +498,29 @@ class StepEngineMixin:
         if not steps:
             return out
         with self.checked_block(steps), intra_op_threads(self._block_threads()):
+            # a CUDA graph replays a step whose batch values were checked (block or data set)
+            graphed = self._graphed_step if not self.validate_inputs or values_are_prechecked() else None
             for i, step_batch in enumerate(steps):
-                loss, bound, diagnostics = self._step_with_gradients(step_batch, i == len(steps) - 1, optimizer)
-                self._run_hooks("on_after_backward")
-                wrapper._on_before_step()
-                self._run_hooks("on_before_optimizer_step", optimizer)
-                guard = self.nonfinite_guard(loss)
-                if guard is not None and hasattr(optimizer, "step_unless"):
-                    optimizer.step_unless(guard)
+                last = i == len(steps) - 1
+                replayed = None
+                if graphed is not None and not (last and self._logs_after_this_step()):
+                    replayed = graphed(step_batch, optimizer)
+                if replayed is not None:  # gradients, optimiser step and after_optimizer_step done
+                    (loss, bound), diagnostics = replayed, None
+                    wrapper._on_before_step()
+                    wrapper._on_after_step()
+                    for scheduler in schedulers:
+                        scheduler.step()
                 else:
-                    optimizer.step()
-                wrapper._on_after_step()
-                for scheduler in schedulers:
-                    scheduler.step()
-                self.after_optimizer_step()
+                    loss, bound, diagnostics = self._step_with_gradients(step_batch, last, optimizer)
+                    self._run_hooks("on_after_backward")
+                    wrapper._on_before_step()
+                    self._run_hooks("on_before_optimizer_step", optimizer)
+                    self._optimizer_step(optimizer, loss)
+                    wrapper._on_after_step()
+                    for scheduler in schedulers:
+                        scheduler.step()
+                    self.after_optimizer_step()
                 out.append((loss.detach(), bound.detach(), diagnostics))
         if len(out) > 1:
             # Lightning adds 1 per batch; loggers and log_every_n_steps then count optimiser steps

@@ -308,6 +308,7 @@ class BoundEstimatorMixin(StepEngineMixin, InputChecksMixin, RandomStateMixin):
         self.align_validation_to_blocks()
         self.prepare_closed_form()
         self.prepare_compiled_bound()
+        self.prepare_graphed_step()
 
     def on_validation_epoch_start(self) -> None:
         # re-create the metric state in this loop's grad mode: a previous trainer.validate() ran

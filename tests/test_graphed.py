@@ -1,0 +1,162 @@
+"""The whole training step as a CUDA graph (eim_lightning/modules/graphed.py, the engine's
+``cuda_graphs``), the parts a CPU can check.
+
+A graph replays the step the engine would run eagerly (``_plain_step``); here a stand-in that runs
+that step eagerly takes the graph's place, so the engine's replay branch (its bookkeeping of
+steps, logs, validation, checkpoints and learning-rate milestones) is compared with the eager
+branch bit for bit. The capture's training-state copy and its comparison are checked against
+hand-made changes. The real graphs are in tests/test_gpu.py (``pytest -m gpu``).
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from conftest import quiet_trainer
+from datamodules import Toy2DDataModule
+from eim_lightning import HIS, LARS, SNIS
+from eim_lightning.modules.graphed import TOLERANCE, TrainingState, batch_key
+from eim_lightning.optim import Adam
+from test_engine import fit_in_blocks
+
+
+class _EagerStandIn:
+    """In a graph's place: the step a graph would capture, run eagerly, counted."""
+
+    def __init__(self, module) -> None:
+        self.module, self.calls = module, 0
+
+    def __call__(self, batch, optimizer):
+        self.calls += 1
+        return self.module._plain_step(batch, optimizer)
+
+
+def _replaying(cls):
+    class Replaying(cls):
+        def prepare_graphed_step(self) -> None:
+            super().prepare_graphed_step()
+            assert self._graphed_step is None  # on the CPU the automatic choice takes no graph
+            self._graphed_step = _EagerStandIn(self)
+
+    return Replaying
+
+
+class _Validations(L.Callback):
+    """The steps validation ran at (no per-step hook, which would rule a graph out)."""
+
+    def __init__(self) -> None:
+        self.val_steps = []
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.val_steps.append(trainer.global_step)
+
+
+def _fit(tmp_path, cls, name, **kwargs):
+    """:func:`test_engine.fit_in_blocks` in blocks of 8 with a learning-rate milestone at step 20."""
+    model, trainer, validations, checkpoints = fit_in_blocks(
+        tmp_path, cls, 8, recorder=_Validations(), name=name, lr_milestones=[20], **kwargs
+    )
+    return model, trainer, validations.val_steps, checkpoints
+
+
+def _metrics(path):
+    (csv,) = path.glob("version_*/metrics.csv")
+    return csv.read_text()
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [(SNIS, dict(num_proposals=32)), (LARS, dict(T=32, num_z_samples=32)), (HIS, dict(T=2))],
+)
+def test_the_replay_branch_trains_logs_and_checkpoints_exactly_as_the_eager_branch(tmp_path, cls, kwargs):
+    eager, t_eager, val_eager, ck_eager = _fit(tmp_path, cls, "eager", **kwargs)
+    replayed, t_replayed, val_replayed, ck_replayed = _fit(tmp_path, _replaying(cls), "replayed", **kwargs)
+    # every step but the four whose diagnostics are logged (steps 7, 15, 23, 31) took the replay branch
+    assert replayed._graphed_step.calls == 37 - 4
+    assert t_eager.global_step == t_replayed.global_step == 37
+    assert all(torch.equal(p, q) for p, q in zip(eager.parameters(), replayed.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(eager.buffers(), replayed.buffers()))  # LARS's Z too
+    opt_e, opt_r = t_eager.optimizers[0], t_replayed.optimizers[0]
+    assert opt_e.param_groups[0]["lr"] == opt_r.param_groups[0]["lr"] == pytest.approx(3e-4 / 3)  # the milestone
+    assert val_eager == val_replayed == [16, 32]
+    assert ck_eager == ck_replayed == sorted(f"step={s}.ckpt" for s in (8, 16, 24, 32))
+    assert _metrics(tmp_path / "eager") == _metrics(tmp_path / "replayed")
+
+
+def test_no_graph_off_a_gpu_and_cuda_graphs_true_there_is_a_clear_error(tmp_path):
+    model = SNIS(num_proposals=8)
+    trainer = quiet_trainer(tmp_path, max_steps=2)
+    trainer.fit(model, datamodule=Toy2DDataModule(steps_per_epoch=2))
+    assert model._graphed_step is None
+    with pytest.raises(ValueError, match=r"cuda_graphs=True\) needs a CUDA device, but it trains on cpu"):
+        quiet_trainer(tmp_path, max_steps=2).fit(
+            SNIS(num_proposals=8, cuda_graphs=True), datamodule=Toy2DDataModule(steps_per_epoch=2)
+        )
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0])
+def test_cuda_graphs_must_be_none_true_or_false(value):
+    with pytest.raises(ValueError, match="cuda_graphs must be None"):
+        SNIS(cuda_graphs=value)
+
+
+def _trained_pair():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))  # parameters and buffers
+    optimizer = Adam(net.parameters(), lr=1e-2)
+
+    def step():
+        optimizer.zero_grad()
+        net(torch.randn(8, 3)).square().mean().backward()
+        optimizer.step()
+
+    step()  # the optimiser has state
+    return net, optimizer, step
+
+
+def test_the_training_state_is_written_back_in_place_random_states_included():
+    net, optimizer, step = _trained_pair()
+    tensors = TrainingState.tensors_of(net, optimizer)
+    values, pointers = [t.detach().clone() for t in tensors], [t.data_ptr() for t in tensors]
+    assert len(tensors) == 4 + 3 + 3 * 4  # parameters, BatchNorm's buffers, Adam's step and moments
+    state = TrainingState(net, optimizer)
+    expected_draw = torch.rand(5)
+    torch.set_rng_state(state.cpu_rng)
+    for _ in range(3):
+        step()
+    assert not all(torch.equal(t, v) for t, v in zip(tensors, values))
+    state.restore()
+    assert all(torch.equal(t, v) for t, v in zip(TrainingState.tensors_of(net, optimizer), values))
+    assert [t.data_ptr() for t in TrainingState.tensors_of(net, optimizer)] == pointers
+    assert torch.equal(torch.rand(5), expected_draw)
+
+
+def test_the_first_replay_check_flags_a_changed_tensor_loss_or_random_state_and_passes_rounding():
+    net, optimizer, step = _trained_pair()
+    loss, bound = torch.tensor(-2.0), torch.tensor([-1.0, -3.0])
+    state = TrainingState(net, optimizer)
+    reference = (loss.clone(), bound.clone())
+    assert state.differences(loss, bound, reference) == []
+    weight = net[0].weight
+    scale = float(weight.abs().max())
+    with torch.no_grad():
+        weight[0, 0] += 0.1 * TOLERANCE * scale  # rounding-sized: below the tolerance
+    assert state.differences(loss, bound, reference) == []
+    with torch.no_grad():
+        weight[0, 0] += 10 * TOLERANCE * scale
+    assert state.differences(loss, bound, reference) == ["state tensor 0"]
+    state.restore()
+    assert state.differences(loss, bound + 0.5, reference) == ["bound"]
+    assert state.differences(loss * float("nan"), bound, reference) == ["loss"]
+    torch.rand(1)
+    assert state.differences(loss, bound, reference) == ["CPU random state"]
+
+
+def test_a_batch_off_the_gpu_or_with_an_unhashable_leaf_gets_no_graph():
+    assert batch_key(torch.zeros(4, 2)) is None
+    assert batch_key({"steps": [torch.zeros(4, 2)]}) is None
+    assert batch_key([1, {3}]) is None
+    assert batch_key([1, [2]]) is not None and batch_key([1, {"a": []}]) == batch_key([1, {"a": []}])
+    assert batch_key([1, 2]) != batch_key([1, 3]) and batch_key([1, 2]) != batch_key((1, 2))
