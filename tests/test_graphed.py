@@ -5,10 +5,16 @@ A graph replays the step the engine would run eagerly (``_plain_step``); here a 
 that step eagerly takes the graph's place, so the engine's replay branch (its bookkeeping of
 steps, logs, validation, checkpoints and learning-rate milestones) is compared with the eager
 branch bit for bit. The capture's training-state copy and its comparison are checked against
-hand-made changes. The real graphs are in tests/test_gpu.py (``pytest -m gpu``).
+hand-made changes. Then :class:`GraphedStep`'s whole protocol (warm-up, state written back,
+eager reference, capture, checked first replay, capture again at a new learning rate, the
+fallback) runs with ``torch.cuda``'s graph API played on the CPU by a perfect graph, and by one
+that fails to capture or replays other random numbers: training must equal the eager run bit for
+bit in all three. The real graphs are in tests/test_gpu.py (``pytest -m gpu``).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import lightning as L
 import pytest
@@ -17,7 +23,7 @@ import torch
 from conftest import quiet_trainer
 from datamodules import Toy2DDataModule
 from eim_lightning import HIS, LARS, SNIS
-from eim_lightning.modules.graphed import TOLERANCE, TrainingState, batch_key
+from eim_lightning.modules.graphed import TOLERANCE, GraphedStep, TrainingState, batch_key
 from eim_lightning.optim import Adam
 from test_engine import fit_in_blocks
 
@@ -154,9 +160,117 @@ def test_the_first_replay_check_flags_a_changed_tensor_loss_or_random_state_and_
     assert state.differences(loss, bound, reference) == ["CPU random state"]
 
 
-def test_a_batch_off_the_gpu_or_with_an_unhashable_leaf_gets_no_graph():
-    assert batch_key(torch.zeros(4, 2)) is None
-    assert batch_key({"steps": [torch.zeros(4, 2)]}) is None
-    assert batch_key([1, {3}]) is None
-    assert batch_key([1, [2]]) is not None and batch_key([1, {"a": []}]) == batch_key([1, {"a": []}])
-    assert batch_key([1, 2]) != batch_key([1, 3]) and batch_key([1, 2]) != batch_key((1, 2))
+def test_a_batch_off_the_models_device_or_with_an_unhashable_leaf_gets_no_graph():
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    assert batch_key(torch.zeros(4, 2), meta) is None
+    assert batch_key({"steps": [torch.zeros(4, 2)]}, meta) is None
+    assert batch_key([1, {3}], cpu) is None
+    assert batch_key(torch.zeros(4, 2), cpu) == batch_key(torch.ones(4, 2), cpu)  # the values do not matter
+    assert batch_key(torch.zeros(4, 2), cpu) != batch_key(torch.zeros(5, 2), cpu)
+    assert batch_key(torch.zeros(4, 2), cpu) != batch_key(torch.zeros(4, 2, dtype=torch.float64), cpu)
+    assert batch_key([1, {"a": []}], cpu) == batch_key([1, {"a": []}], cpu)
+    assert batch_key([1, 2], cpu) != batch_key([1, 3], cpu) and batch_key([1, 2], cpu) != batch_key((1, 2), cpu)
+
+
+# -- the capture's protocol, with torch.cuda's graph API played on the CPU -----------------------
+
+
+class _PerfectGraph:
+    """``torch.cuda.CUDAGraph`` on the CPU: capturing records the step (and, as a capture executes
+    nothing, leaves the training state as it was); a replay runs it on the static inputs and
+    writes the outputs in place. ``before_replay`` runs first at every replay (a broken graph)."""
+
+    capturing: _PerfectGraph | None = None
+    made: list[_PerfectGraph] = []
+    before_replay = None
+
+    def __init__(self) -> None:
+        self.step, self.outputs = None, None
+        _PerfectGraph.made.append(self)
+
+    def replay(self) -> None:
+        if _PerfectGraph.before_replay is not None:
+            _PerfectGraph.before_replay()
+        with torch.no_grad():
+            for output, value in zip(self.outputs, self.step()):
+                output.copy_(value)
+
+
+class _Stream:
+    def wait_stream(self, other) -> None:
+        pass
+
+
+def _play_cuda_graphs_on_the_cpu(monkeypatch, fail_capture: bool = False) -> None:
+    eager = GraphedStep._eager
+
+    def recorded(self, batch, optimizer):
+        graph = _PerfectGraph.capturing
+        if graph is None:
+            return eager(self, batch, optimizer)
+        state = TrainingState(self.module, optimizer)
+        graph.outputs = eager(self, batch, optimizer)
+        graph.step = lambda: eager(self, batch, optimizer)
+        state.restore()
+        return graph.outputs
+
+    @contextlib.contextmanager
+    def capture(graph):
+        if fail_capture:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        _PerfectGraph.capturing = graph
+        try:
+            yield
+        finally:
+            _PerfectGraph.capturing = None
+
+    monkeypatch.setattr(GraphedStep, "_eager", recorded)
+    monkeypatch.setattr(_PerfectGraph, "made", [])
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _PerfectGraph)
+    monkeypatch.setattr(torch.cuda, "graph", capture)
+    monkeypatch.setattr(torch.cuda, "Stream", _Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", _Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+
+
+def _graphed(cls):
+    class Graphed(cls):
+        def prepare_graphed_step(self) -> None:  # on the CPU, where the engine takes no graph
+            self._graphed_step = GraphedStep(self._plain_step, self, type(self).__name__)
+
+    return Graphed
+
+
+@pytest.mark.parametrize("cls, kwargs", [(SNIS, dict(num_proposals=32)), (LARS, dict(T=32, num_z_samples=32))])
+def test_a_graph_is_captured_once_per_learning_rate_and_its_replays_train_exactly_as_eager_steps(
+    tmp_path, monkeypatch, cls, kwargs
+):
+    _play_cuda_graphs_on_the_cpu(monkeypatch)
+    eager, *_ = _fit(tmp_path, cls, "eager", **kwargs)
+    graphed, trainer, validations, checkpoints = _fit(tmp_path, _graphed(cls), "graphed", **kwargs)
+    step = graphed._graphed_step
+    assert not step.failed and len(_PerfectGraph.made) == 2  # captured again at the milestone (step 20)
+    # replays since the second capture: steps 20-36 but the logged 23 and 31
+    assert step.replays == 17 - 2
+    assert all(torch.equal(p, q) for p, q in zip(eager.parameters(), graphed.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(eager.buffers(), graphed.buffers()))
+    assert validations == [16, 32] and checkpoints == sorted(f"step={s}.ckpt" for s in (8, 16, 24, 32))
+    assert _metrics(tmp_path / "eager") == _metrics(tmp_path / "graphed")
+
+
+@pytest.mark.parametrize("broken", ["capture", "replay"])
+def test_a_graph_that_fails_or_differs_from_the_eager_step_warns_and_training_loses_nothing(
+    tmp_path, monkeypatch, broken
+):
+    _play_cuda_graphs_on_the_cpu(monkeypatch, fail_capture=broken == "capture")
+    if broken == "replay":  # a graph that draws other random numbers than the eager step
+        monkeypatch.setattr(_PerfectGraph, "before_replay", staticmethod(lambda: torch.rand(1)))
+    kwargs = dict(T=32, num_z_samples=32)
+    eager, *_ = _fit(tmp_path, LARS, "eager", **kwargs)
+    why = "capturing it failed" if broken == "capture" else "its first replay differed from the eager step in"
+    with pytest.warns(UserWarning, match=f"runs without a CUDA graph: {why}"):
+        graphed, *_ = _fit(tmp_path, _graphed(LARS), "graphed", **kwargs)
+    assert graphed._graphed_step.failed
+    assert all(torch.equal(p, q) for p, q in zip(eager.parameters(), graphed.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(eager.buffers(), graphed.buffers()))
+    assert _metrics(tmp_path / "eager") == _metrics(tmp_path / "graphed")

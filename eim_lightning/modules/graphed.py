@@ -103,17 +103,17 @@ def _close(a: Tensor, b: Tensor) -> bool:
     return float((a - b)[finite].abs().max()) <= TOLERANCE * float(b[finite].abs().max())
 
 
-def batch_key(batch) -> tuple | None:
-    """What a graph's static inputs depend on: the batch's structure and each tensor's shape, dtype
-    and device (its other leaves by value); None where a graph cannot serve it (a leaf that is not
-    hashable, a tensor off the GPU)."""
+def batch_key(batch, device: torch.device) -> tuple | None:
+    """What a graph's static inputs depend on: the batch's structure and each tensor's shape and
+    dtype (its other leaves by value); None where a graph cannot serve it (a leaf that is not
+    hashable, a tensor off the model's ``device``)."""
     leaves, spec = pytree.tree_flatten(batch)
     key = []
     for leaf in leaves:
         if isinstance(leaf, Tensor):
-            if leaf.device.type != "cuda":
+            if leaf.device != device:
                 return None
-            key.append((tuple(leaf.shape), leaf.dtype, leaf.device))
+            key.append((tuple(leaf.shape), leaf.dtype))
         else:
             try:
                 hash(leaf)
@@ -166,7 +166,7 @@ class GraphedStep:
         (the caller then runs the step eagerly)."""
         if self.failed:
             return None
-        key = batch_key(batch)
+        key = batch_key(batch, self.module.device)
         if key is None:
             return None
         key = (key, _learning_rates(optimizer))
