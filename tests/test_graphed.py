@@ -191,8 +191,9 @@ class _PerfectGraph:
     def replay(self) -> None:
         if _PerfectGraph.before_replay is not None:
             _PerfectGraph.before_replay()
+        values = self.step()
         with torch.no_grad():
-            for output, value in zip(self.outputs, self.step()):
+            for output, value in zip(self.outputs, values):
                 output.copy_(value)
 
 
@@ -274,3 +275,45 @@ def test_a_graph_that_fails_or_differs_from_the_eager_step_warns_and_training_lo
     assert all(torch.equal(p, q) for p, q in zip(eager.parameters(), graphed.parameters()))
     assert all(torch.equal(p, q) for p, q in zip(eager.buffers(), graphed.buffers()))
     assert _metrics(tmp_path / "eager") == _metrics(tmp_path / "graphed")
+
+
+class _Regression(torch.nn.Module):
+    """A least-squares step on the CPU: what :class:`GraphedStep` needs of a module (its device)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(3, 1)
+        self.device = torch.device("cpu")
+
+    def step(self, batch, optimizer):
+        optimizer.zero_grad(set_to_none=True)
+        x, y = batch
+        bound = -(self.linear(x)[:, 0] - y).square()
+        loss = -bound.mean()
+        loss.backward()
+        optimizer.step()
+        return loss, bound
+
+
+def test_a_graph_replays_its_own_shape_runs_other_shapes_eagerly_and_captures_again_at_a_new_rate(monkeypatch):
+    _play_cuda_graphs_on_the_cpu(monkeypatch)
+    graphed_model, eager_model = _Regression(), _Regression()
+    graphed_opt, eager_opt = (Adam(m.parameters(), lr=1e-2) for m in (graphed_model, eager_model))
+    step = GraphedStep(graphed_model.step, graphed_model, "Regression")
+    torch.manual_seed(1)
+    batches = [(torch.randn(n, 3), torch.randn(n)) for n in (4, 4, 5, 4, 4)]
+    for i, batch in enumerate(batches):
+        if i == 3:
+            for optimizer in (graphed_opt, eager_opt):
+                optimizer.param_groups[0]["lr"] = 5e-3
+        expected_loss, expected_bound = eager_model.step(batch, eager_opt)
+        served = step(batch, graphed_opt)
+        if served is None:  # the engine's eager step
+            assert i == 2  # the batch of 5
+            served = graphed_model.step(batch, graphed_opt)
+        assert torch.equal(served[0], expected_loss) and torch.equal(served[1], expected_bound)
+    assert len(_PerfectGraph.made) == 2 and step.replays == 2  # captured at steps 0 and 3; replayed at 1 and 4
+    assert all(torch.equal(p, q) for p, q in zip(graphed_model.parameters(), eager_model.parameters()))
+    outputs = step._outputs
+    assert step(batches[0], graphed_opt)[0] is not outputs[0]  # a copy: the next replay overwrites the graph's

@@ -10,16 +10,17 @@ after the step (LARS's moving-average Z). Before each replay the step's batch is
 graph's static input tensors; after it the loss and bound are copied out (the next replay
 overwrites the graph's own).
 
-**Capture**, at the first step a graph serves (and again when the learning rates or the batch's
-shapes change): the training state (parameters, buffers, the optimiser's state and the CPU and
-CUDA random states) is copied; :data:`WARMUP_STEPS` eager steps run on a side stream (lazy
+**Capture**, at the first step a graph serves (and again when the learning rates change; a batch
+of another shape than the first captured one, such as an epoch's last, partial batch, runs
+eagerly): the training state (parameters, buffers, the optimiser's state and the CPU and CUDA
+random states) is copied; :data:`WARMUP_STEPS` eager steps run on a side stream (lazy
 allocations, library handles and any compilation happen there, as CUDA graphs need); the state
 is written back in place (the graph reads and writes these very tensors); one eager step from it
 is kept as the reference and written back too; the step is captured and replayed once. That
 replay is compared with the reference: the loss, the bound, every tensor of the training state
 (a gradient's random draws show in Adam's moments) to 1e-3 of each tensor's largest value, and
-the CUDA random state exactly. A difference, or any failure, warns once, puts the state back
-and the fit continues eagerly.
+the random states exactly. A difference, or any failure, warns once, puts the state back and
+the fit continues eagerly.
 
 **Random numbers**: a replay reads the CUDA generator's seed and offset when it starts and
 advances the offset by what the step draws, as the eager step does (torch's graph-safe Philox
@@ -151,7 +152,8 @@ class GraphedStep:
     def __init__(self, step: Callable, module: nn.Module, owner: str) -> None:
         self.step, self.module, self.owner = step, module, owner
         self._graph: torch.cuda.CUDAGraph | None = None
-        self._key: tuple | None = None
+        self._batch_key: tuple | None = None
+        self._learning_rates: tuple | None = None
         self._static: list[Tensor] = []
         self._outputs: tuple[Tensor, Tensor] | None = None
         self.failed = False
@@ -159,19 +161,21 @@ class GraphedStep:
 
     def __getstate__(self) -> dict:
         """Pickled (``deepcopy`` of a module) without the graph, which is captured again."""
-        return {**self.__dict__, "_graph": None, "_key": None, "_static": [], "_outputs": None}
+        return {**self.__dict__, "_graph": None, "_batch_key": None, "_static": [], "_outputs": None}
 
     def __call__(self, batch, optimizer: torch.optim.Optimizer) -> tuple[Tensor, Tensor] | None:
-        """This step's ``(loss, bound)`` with the step taken, or None where no graph serves it
-        (the caller then runs the step eagerly)."""
+        """This step's ``(loss, bound)`` with the step taken, or None where no graph serves it: a
+        batch of another structure or shape than the first captured one (an epoch's last, partial
+        batch), one off the model's device, or a capture that failed. The caller then runs the step
+        eagerly. A change of the learning rates captures again."""
         if self.failed:
             return None
         key = batch_key(batch, self.module.device)
-        if key is None:
+        if key is None or (self._batch_key is not None and key != self._batch_key):
             return None
-        key = (key, _learning_rates(optimizer))
-        if key != self._key:
-            return self._capture(batch, optimizer, key)
+        learning_rates = _learning_rates(optimizer)
+        if self._graph is None or learning_rates != self._learning_rates:
+            return self._capture(batch, optimizer, key, learning_rates)
         with torch.no_grad():
             for static, tensor in zip(self._static, (t for t in pytree.tree_leaves(batch) if isinstance(t, Tensor))):
                 static.copy_(tensor)
@@ -183,8 +187,8 @@ class GraphedStep:
         with values_prechecked(), _capturable_autocast():
             return self.step(batch, optimizer)
 
-    def _capture(self, batch, optimizer, key: tuple) -> tuple[Tensor, Tensor] | None:
-        self._graph, self._key, self._static, self._outputs = None, None, [], None
+    def _capture(self, batch, optimizer, key: tuple, learning_rates: tuple) -> tuple[Tensor, Tensor] | None:
+        self._graph, self._static, self._outputs = None, [], None
         lean_plan = getattr(optimizer, "_lean_plan", None)
         if callable(lean_plan):
             lean_plan()  # the optimiser's state exists before it is copied (as its first step makes it)
@@ -213,7 +217,7 @@ class GraphedStep:
         if differences:
             before.restore()
             return self._give_up(f"its first replay differed from the eager step in {', '.join(differences[:5])}")
-        self._graph, self._key, self._outputs = graph, key, outputs
+        self._graph, self._batch_key, self._learning_rates, self._outputs = graph, key, learning_rates, outputs
         self._static = [t for t in pytree.tree_leaves(static_batch) if isinstance(t, Tensor)]
         self.replays = 1
         return outputs[0].clone(), outputs[1].clone()
