@@ -280,6 +280,22 @@ def test_clear_errors_for_bad_input():
 # --------------------------------------------------------------------------------------------
 
 
+def test_a_nan_in_the_training_data_stops_fit_naming_its_step_and_is_checked_once_per_block(tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from conftest import quiet_trainer
+    from eim_lightning.densities.base import values_prechecked
+
+    x = sequences(12, 5, 0)
+    x[9, 2] = math.nan  # in the third batch of 4
+    module = FIVO.linear_gaussian(A, Q, R)
+    with pytest.raises(ValueError, match=r"the batch of training step 2 is not valid: .*non-finite \(NaN/Inf\)"):
+        quiet_trainer(tmp_path, max_steps=3).fit(module, train_dataloaders=DataLoader(TensorDataset(x), batch_size=4))
+    with values_prechecked():  # inside a checked block the steps do not check (nor synchronise) again
+        bound = module.log_marginal_bound(x[8:], 4)
+    assert not torch.isfinite(bound).all()
+
+
 def test_linear_gaussian_data_has_the_model_covariance_and_is_seeded():
     t_len, n = 5, 40_000
     dm = LinearGaussianSequenceDataModule(A, Q, R, T=t_len)
