@@ -15,13 +15,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-import yaml
 
 from conftest import quiet_trainer
 from datamodules import Toy2DDataModule
 from eim_lightning import HIS, LARS, SNIS, TRS, Gaussian
 from eim_lightning.modules.graphed import GraphedStep
-from jobs.shrink import shrink_config
+from jobs.shrink import short_fit_cli
 
 pytestmark = [
     pytest.mark.gpu,
@@ -89,34 +88,8 @@ def test_every_2d_module_trains_and_evaluates_on_cuda(name, precision, tmp_path)
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_other_kind_of_module_trains_on_cuda_from_its_config(config, precision, tmp_path):
     from conftest import real_data_dir
-    from eim_lightning.cli import EIMCLI
 
-    cfg = yaml.safe_load((REPO / "configs" / config).read_text())
-    cfg["trainer"].pop("callbacks", None)
-    cfg["trainer"].pop("logger", None)
-    shrink_config(cfg, z_samples=10_000, size=128)
-    args = [
-        "--config",
-        yaml.safe_dump(cfg),
-        "--trainer.max_steps=20",
-        "--trainer.limit_val_batches=1",
-        "--trainer.val_check_interval=10",
-        "--trainer.check_val_every_n_epoch=null",
-        "--trainer.accelerator=gpu",
-        "--trainer.devices=1",
-        f"--trainer.precision={precision}",
-        "--trainer.logger=false",
-        "--trainer.enable_checkpointing=false",
-        "--trainer.enable_progress_bar=false",
-        f"--trainer.default_root_dir={tmp_path}",
-    ]
-    if config.startswith("images/"):
-        args += [
-            f"--data.init_args.root={real_data_dir()}",
-            "--data.init_args.train_subset=256",
-            "--data.init_args.batch_size=32",
-        ]
-    cli = EIMCLI(args=args, run=False)
+    cli = short_fit_cli(config, tmp_path, "gpu", precision, real_data_dir())
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 20
     assert all(p.device.type == "cuda" and torch.isfinite(p).all() for p in cli.model.parameters())

@@ -25,6 +25,7 @@ from datamodules import Toy2DDataModule
 from eim_lightning import HIS, LARS, SNIS
 from eim_lightning.modules.graphed import TOLERANCE, GraphedStep, TrainingState, batch_key
 from eim_lightning.optim import Adam
+from jobs.shrink import short_fit_cli
 from test_engine import fit_in_blocks
 
 
@@ -317,3 +318,114 @@ def test_a_graph_replays_its_own_shape_runs_other_shapes_eagerly_and_captures_ag
     assert all(torch.equal(p, q) for p, q in zip(graphed_model.parameters(), eager_model.parameters()))
     outputs = step._outputs
     assert step(batches[0], graphed_opt)[0] is not outputs[0]  # a copy: the next replay overwrites the graph's
+
+
+# -- what a graph captures reads nothing back to the host ------------------------------------------
+
+#: the tensor methods that copy values to the host (on a GPU a synchronisation a capture refuses)
+_HOST_READS = (
+    "__bool__", "__int__", "__float__", "__index__", "item", "tolist", "numpy", "cpu", "nonzero", "masked_select",
+    "unique",
+)  # fmt: skip
+#: torch functions that size their output by the values
+_SIZED_BY_VALUES = ("nonzero", "masked_select", "unique", "argwhere")
+
+
+def _refuse(name):
+    def method(*args, **kwargs):
+        raise AssertionError(f"the step reads a tensor on the host ({name})")
+
+    return method
+
+
+def _refuse_boolean_masks(method):
+    def indexing(self, index, *rest):
+        parts = index if isinstance(index, tuple) else (index,)
+        if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in parts):
+            raise AssertionError("the step reads a tensor on the host (indexing by a boolean mask)")
+        return method(self, index, *rest)
+
+    return indexing
+
+
+class _HostReadDetector:
+    """In a graph's place: the step a graph would capture, run with every host read refused (the
+    tensor methods and torch functions that read values, indexing by a boolean mask)."""
+
+    def __init__(self, module) -> None:
+        self.module, self.calls = module, 0
+
+    def __call__(self, batch, optimizer):
+        self.calls += 1
+        patches = [(torch.Tensor, name, _refuse(f"Tensor.{name}")) for name in _HOST_READS]
+        patches += [(torch, name, _refuse(f"torch.{name}")) for name in _SIZED_BY_VALUES]
+        patches += [
+            (torch.Tensor, n, _refuse_boolean_masks(getattr(torch.Tensor, n))) for n in ("__getitem__", "__setitem__")
+        ]
+        saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+        try:
+            for owner, name, method in patches:
+                setattr(owner, name, method)
+            return self.module._plain_step(batch, optimizer)
+        finally:
+            for owner, name, method in saved:
+                setattr(owner, name, method)
+
+
+def _detect_host_reads(model) -> None:
+    model.prepare_graphed_step = lambda: setattr(model, "_graphed_step", _HostReadDetector(model))
+
+
+@pytest.mark.parametrize(
+    "read, name",
+    [
+        (lambda x: bool(x.sum() > 0), "Tensor.__bool__"),
+        (lambda x: x.sum().item(), "Tensor.item"),
+        (lambda x: torch.nonzero(x), "torch.nonzero"),
+        (lambda x: x[x > 0], "boolean mask"),
+        (lambda x: x.__setitem__(x > 0, 0.0), "boolean mask"),
+    ],
+)
+def test_the_detector_catches_a_host_read_and_puts_every_method_back(read, name):
+    step = type("Step", (), {"_plain_step": lambda self, batch, optimizer: read(batch)})()
+    with pytest.raises(AssertionError, match=name):
+        _HostReadDetector(step)(torch.ones(3), None)
+    x = torch.tensor([1.0, -1.0])
+    assert x.sum().item() == 0.0 and torch.equal(x[x > 0], torch.tensor([1.0])) and bool(x.any())
+
+
+@pytest.mark.parametrize("name", ["SNIS", "TRS", "HIS", "LARS", "Gaussian"])
+def test_the_2d_steps_a_gpu_graph_captures_read_nothing_back_to_the_host(name, tmp_path):
+    import eim_lightning
+
+    kwargs = {"SNIS": dict(num_proposals=32), "TRS": dict(T=32), "HIS": dict(T=2), "LARS": dict(T=32, num_z_samples=32)}
+    L.seed_everything(0, verbose=False)
+    model = getattr(eim_lightning, name)(closed_form=False, **kwargs.get(name, {}))  # the autograd step, as on a GPU
+    _detect_host_reads(model)
+    quiet_trainer(tmp_path, max_steps=20, log_every_n_steps=10).fit(
+        model, datamodule=Toy2DDataModule(steps_per_epoch=20)
+    )
+    assert model._graphed_step.calls == 18  # all but the two logged steps
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "images/static_mnist/vae_snis_prior.yaml",
+        "images/static_mnist/vae_lars_prior.yaml",
+        "images/static_mnist/convhvae_gaussian_prior.yaml",
+        "images/static_mnist/snis_vae_proposal.yaml",
+        "unify/iwae_linear_gaussian.yaml",
+        "unify/hvae_linear_gaussian.yaml",
+        "unify/fivo_linear_gaussian.yaml",
+        "unify/snis_posterior_linear_gaussian.yaml",
+        "unify/ranking_nce_two_rings.yaml",
+        "unify/cpc_correlated_gaussian.yaml",
+    ],  # not fivo_vrnn_sines: it clips gradients, so it trains on Lightning's loop, without a graph
+)
+def test_the_config_steps_a_gpu_graph_captures_read_nothing_back_to_the_host(config, tmp_path, data_dir):
+    cli = short_fit_cli(config, tmp_path, "cpu", data_root=data_dir)
+    cli.model.closed_form = False
+    _detect_host_reads(cli.model)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.model._graphed_step.calls > 0

@@ -19,6 +19,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
+from shrink import shrink_config  # tests/jobs/shrink.py, beside this script
 
 from datamodules import Toy2DDataModule
 from eim_lightning import HIS, LARS, SNIS, TRS, Gaussian
@@ -107,21 +108,6 @@ CONFIGS = [
 ]
 
 
-def _small(node):
-    """Shrink LARS Z-sample counts and K/T so a few DDP steps are quick."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in ("num_z_val_samples", "num_z_eval_samples"):
-                node[key] = min(value, 2000)
-            elif key in ("num_proposals", "T", "num_z_samples") and isinstance(value, int) and value > 64:
-                node[key] = 64
-            else:
-                _small(value)
-    elif isinstance(node, list):
-        for item in node:
-            _small(item)
-
-
 def train_configs() -> dict | None:
     from eim_lightning.cli import EIMCLI
 
@@ -131,7 +117,7 @@ def train_configs() -> dict | None:
         cfg = yaml.safe_load((REPO / "configs" / name).read_text())
         cfg["trainer"].pop("callbacks", None)
         cfg["trainer"].pop("logger", None)
-        _small(cfg)
+        shrink_config(cfg, z_samples=2000, size=64)
         args = [
             "--config",
             yaml.safe_dump(cfg),

@@ -1,4 +1,9 @@
-"""Shrink a config's costly sizes so a few test steps are quick (shared by the DDP job and the GPU tier)."""
+"""Shrink a config's costly sizes so a few test steps are quick: the DDP job (beside this file), the
+GPU tier (tests/test_gpu.py) and the host-read check of tests/test_graphed.py."""
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def shrink_config(node, z_samples: int, size: int) -> None:
@@ -14,3 +19,39 @@ def shrink_config(node, z_samples: int, size: int) -> None:
     elif isinstance(node, list):
         for item in node:
             shrink_config(item, z_samples, size)
+
+
+def short_fit_cli(config: str, root, accelerator: str, precision: str = "32-true", data_root=None):
+    """An ``EIMCLI`` (not run) of ``configs/<config>`` shrunk for 20 quick steps on ``accelerator``:
+    validation of one batch every 10 steps, no callbacks, logger, checkpoints or progress bar; image
+    configs on 256 training images of ``data_root`` in batches of 32."""
+    import yaml
+
+    from eim_lightning.cli import EIMCLI
+
+    cfg = yaml.safe_load((REPO / "configs" / config).read_text())
+    cfg["trainer"].pop("callbacks", None)
+    cfg["trainer"].pop("logger", None)
+    shrink_config(cfg, z_samples=10_000, size=128)
+    args = [
+        "--config",
+        yaml.safe_dump(cfg),
+        "--trainer.max_steps=20",
+        "--trainer.limit_val_batches=1",
+        "--trainer.val_check_interval=10",
+        "--trainer.check_val_every_n_epoch=null",
+        f"--trainer.accelerator={accelerator}",
+        "--trainer.devices=1",
+        f"--trainer.precision={precision}",
+        "--trainer.logger=false",
+        "--trainer.enable_checkpointing=false",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={root}",
+    ]
+    if config.startswith("images/"):
+        args += [
+            f"--data.init_args.root={data_root}",
+            "--data.init_args.train_subset=256",
+            "--data.init_args.batch_size=32",
+        ]
+    return EIMCLI(args=args, run=False)
