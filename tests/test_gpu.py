@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import lightning as L
 import pytest
@@ -20,14 +19,13 @@ from conftest import quiet_trainer
 from datamodules import Toy2DDataModule
 from eim_lightning import HIS, LARS, SNIS, TRS, Gaussian
 from eim_lightning.modules.graphed import GraphedStep
-from jobs.shrink import short_fit_cli
+from jobs.shrink import EVERY_KIND_OF_CONFIG, short_fit_cli
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU tier runs on a GPU machine"),
 ]
 
-REPO = Path(__file__).resolve().parents[1]
 
 TOY = {
     "snis": lambda: SNIS(num_proposals=256),
@@ -36,20 +34,6 @@ TOY = {
     "lars": lambda: LARS(T=64, num_z_samples=256, num_z_val_samples=10_000, num_z_eval_samples=100_000),
     "gaussian": lambda: Gaussian(),
 }
-
-CONFIGS = [
-    "images/static_mnist/vae_snis_prior.yaml",
-    "images/static_mnist/vae_lars_prior.yaml",
-    "images/static_mnist/convhvae_gaussian_prior.yaml",
-    "images/static_mnist/snis_vae_proposal.yaml",
-    "unify/iwae_linear_gaussian.yaml",
-    "unify/hvae_linear_gaussian.yaml",
-    "unify/fivo_linear_gaussian.yaml",
-    "unify/fivo_vrnn_sines.yaml",
-    "unify/snis_posterior_linear_gaussian.yaml",
-    "unify/ranking_nce_two_rings.yaml",
-    "unify/cpc_correlated_gaussian.yaml",
-]
 
 
 def _trainer(tmp_path, precision: str, **kwargs) -> L.Trainer:
@@ -85,7 +69,7 @@ def test_every_2d_module_trains_and_evaluates_on_cuda(name, precision, tmp_path)
 
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
-@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("config", EVERY_KIND_OF_CONFIG)
 def test_every_other_kind_of_module_trains_on_cuda_from_its_config(config, precision, tmp_path):
     from conftest import real_data_dir
 

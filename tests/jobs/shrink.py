@@ -5,6 +5,21 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
+#: a config of every kind of module that is not a 2-D EIM (the GPU tier trains each)
+EVERY_KIND_OF_CONFIG = [
+    "images/static_mnist/vae_snis_prior.yaml",
+    "images/static_mnist/vae_lars_prior.yaml",
+    "images/static_mnist/convhvae_gaussian_prior.yaml",
+    "images/static_mnist/snis_vae_proposal.yaml",
+    "unify/iwae_linear_gaussian.yaml",
+    "unify/hvae_linear_gaussian.yaml",
+    "unify/fivo_linear_gaussian.yaml",
+    "unify/fivo_vrnn_sines.yaml",
+    "unify/snis_posterior_linear_gaussian.yaml",
+    "unify/ranking_nce_two_rings.yaml",
+    "unify/cpc_correlated_gaussian.yaml",
+]
+
 
 def shrink_config(node, z_samples: int, size: int) -> None:
     """In place: LARS's Z-sample counts at most ``z_samples``, K / T / Z samples per step at most ``size``."""
