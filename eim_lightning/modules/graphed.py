@@ -147,6 +147,10 @@ class GraphedStep:
             synchronisations or per-step Python that must run at every step.
         module: the module whose parameters and buffers the step changes.
         owner: the name warnings give.
+
+    Attributes:
+        replays: the steps served from a graph so far (each capture's checked replay included).
+        failed: whether a capture failed or differed from the eager step (no graph from then on).
     """
 
     def __init__(self, step: Callable, module: nn.Module, owner: str) -> None:
@@ -219,7 +223,7 @@ class GraphedStep:
             return self._give_up(f"its first replay differed from the eager step in {', '.join(differences[:5])}")
         self._graph, self._batch_key, self._learning_rates, self._outputs = graph, key, learning_rates, outputs
         self._static = [t for t in pytree.tree_leaves(static_batch) if isinstance(t, Tensor)]
-        self.replays = 1
+        self.replays += 1
         return outputs[0].clone(), outputs[1].clone()
 
     def _give_up(self, why: str) -> None:
