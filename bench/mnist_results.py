@@ -492,9 +492,10 @@ NOTES = """## What this is, and what falls short
   and benchmark pauses); its compiled steps drew their proposals from inductor's random number generator
   up to step 28,937 and from torch's after (commit 22d286d), the same distribution but not a bit-identical
   continuation. Tested for 50 minutes.
-* **Not run here**: LARS with a ConvHVAE proposal (started at 10,000 steps, not finished), and the jittered (Table 2) rows other than those in the table
-  (the jittered rows ran 10,000 steps only; their NLL is in nats on the 0-256 pixel scale, 784 pixels);
-  their configs are in `configs/images/` and train in the tests on small slices.
+* **Not run here**: LARS with a ConvHVAE proposal (started at 10,000 steps, not finished), and the
+  jittered (Table 2) rows other than those in the table (the jittered rows ran 10,000 steps only; their
+  NLL is in nats on the 0-256 pixel scale, 784 pixels); their configs are in `configs/images/` and train
+  in the tests on small slices.
 * **Paper column**: the LARS paper's numbers as quoted in ALGORITHMS.md section 5 (VAE with N(0, I)
   and with a LARS prior); the EIM paper's own numbers for the TRS/SNIS/HIS priors are not quoted
   there, so those cells are empty (the EIM paper reports them better than or comparable to LARS).
