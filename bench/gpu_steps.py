@@ -37,6 +37,10 @@ TOY = ("SNIS", "TRS", "LARS", "HIS")
 VAE_PRIORS = ("snis", "gaussian")
 
 
+def _data_dir() -> Path:
+    return Path(os.environ.get("EIM_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
 def _synchronize() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -73,7 +77,7 @@ def _vae(prior: str, graphs: bool):
     cfg = yaml.safe_load((REPO / "configs/images/static_mnist" / f"vae_{prior}_prior.yaml").read_text())
     cfg["trainer"] = {}
     cfg["model"].setdefault("init_args", {})["cuda_graphs"] = graphs
-    cfg["data"]["init_args"]["root"] = os.environ.get("EIM_DATA_DIR", str(REPO.parent / "shared" / "data"))
+    cfg["data"]["init_args"]["root"] = str(_data_dir())
     cli = EIMCLI(args=["--config", yaml.safe_dump(cfg)], run=False)
     return cli.model, cli.datamodule
 
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     sys.path.insert(0, str(REPO))
     cases = [(_toy, name, f"{name} (2-D)") for name in TOY]
-    if (Path(os.environ.get("EIM_DATA_DIR", REPO.parent / "shared" / "data")) / "binarized_mnist").is_dir():
+    if (_data_dir() / "binarized_mnist").is_dir():
         cases += [(_vae, prior, f"VAE, {prior} prior (static MNIST)") for prior in VAE_PRIORS]
     else:
         print("gpu_steps: no static MNIST under EIM_DATA_DIR; the VAE rows are left out")

@@ -40,14 +40,21 @@ class _EagerStandIn:
         return self.module._plain_step(batch, optimizer)
 
 
-def _replaying(cls):
-    class Replaying(cls):
+def _stepping(cls, make):
+    """``cls`` whose steps go to ``make(module)`` in a graph's place (on the CPU, where the automatic
+    choice takes no graph)."""
+
+    class Stepping(cls):
         def prepare_graphed_step(self) -> None:
             super().prepare_graphed_step()
-            assert self._graphed_step is None  # on the CPU the automatic choice takes no graph
-            self._graphed_step = _EagerStandIn(self)
+            assert self._graphed_step is None
+            self._graphed_step = make(self)
 
-    return Replaying
+    return Stepping
+
+
+def _graph_of(module) -> GraphedStep:
+    return GraphedStep(module._plain_step, module, type(module).__name__)
 
 
 class _Validations(L.Callback):
@@ -79,7 +86,9 @@ def _metrics(path):
 )
 def test_the_replay_branch_trains_logs_and_checkpoints_exactly_as_the_eager_branch(tmp_path, cls, kwargs):
     eager, t_eager, val_eager, ck_eager = _fit(tmp_path, cls, "eager", **kwargs)
-    replayed, t_replayed, val_replayed, ck_replayed = _fit(tmp_path, _replaying(cls), "replayed", **kwargs)
+    replayed, t_replayed, val_replayed, ck_replayed = _fit(
+        tmp_path, _stepping(cls, _EagerStandIn), "replayed", **kwargs
+    )
     # every step but the four whose diagnostics are logged (steps 7, 15, 23, 31) took the replay branch
     assert replayed._graphed_step.calls == 37 - 4
     assert t_eager.global_step == t_replayed.global_step == 37
@@ -235,21 +244,13 @@ def _play_cuda_graphs_on_the_cpu(monkeypatch, fail_capture: bool = False) -> Non
     monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
 
 
-def _graphed(cls):
-    class Graphed(cls):
-        def prepare_graphed_step(self) -> None:  # on the CPU, where the engine takes no graph
-            self._graphed_step = GraphedStep(self._plain_step, self, type(self).__name__)
-
-    return Graphed
-
-
 @pytest.mark.parametrize("cls, kwargs", [(SNIS, dict(num_proposals=32)), (LARS, dict(T=32, num_z_samples=32))])
 def test_a_graph_is_captured_once_per_learning_rate_and_its_replays_train_exactly_as_eager_steps(
     tmp_path, monkeypatch, cls, kwargs
 ):
     _play_cuda_graphs_on_the_cpu(monkeypatch)
     eager, *_ = _fit(tmp_path, cls, "eager", **kwargs)
-    graphed, trainer, validations, checkpoints = _fit(tmp_path, _graphed(cls), "graphed", **kwargs)
+    graphed, trainer, validations, checkpoints = _fit(tmp_path, _stepping(cls, _graph_of), "graphed", **kwargs)
     step = graphed._graphed_step
     assert not step.failed and len(_PerfectGraph.made) == 2  # captured again at the milestone (step 20)
     # every step but the four logged ones (7, 15, 23, 31) was served from a graph
@@ -271,7 +272,7 @@ def test_a_graph_that_fails_or_differs_from_the_eager_step_warns_and_training_lo
     eager, *_ = _fit(tmp_path, LARS, "eager", **kwargs)
     why = "capturing it failed" if broken == "capture" else "its first replay differed from the eager step in"
     with pytest.warns(UserWarning, match=f"runs without a CUDA graph: {why}"):
-        graphed, *_ = _fit(tmp_path, _graphed(LARS), "graphed", **kwargs)
+        graphed, *_ = _fit(tmp_path, _stepping(LARS, _graph_of), "graphed", **kwargs)
     assert graphed._graphed_step.failed
     assert all(torch.equal(p, q) for p, q in zip(eager.parameters(), graphed.parameters()))
     assert all(torch.equal(p, q) for p, q in zip(eager.buffers(), graphed.buffers()))

@@ -81,6 +81,12 @@ def values_are_prechecked() -> bool:
     return _values_prechecked
 
 
+def per_call_value_checks() -> bool:
+    """Whether a call checks its input's values now: not inside :func:`values_prechecked` (the
+    caller checked them) nor while ``torch.compile`` traces (a check would break the graph)."""
+    return not (_values_prechecked or torch.compiler.is_compiling())
+
+
 def check_finite(x: Tensor, owner: str) -> None:
     """Raise a clear error, naming ``owner``, where ``x`` holds NaN or Inf (one host sync)."""
     if not bool(torch.isfinite(x).all()):
@@ -240,7 +246,7 @@ class Density(nn.Module):
     def checks_values(self) -> bool:
         """Whether a call checks its input's values now: ``validate_args`` is on and the values
         were not checked before the call (:func:`values_prechecked`, a compiled call)."""
-        return self.validate_args and not (_values_prechecked or torch.compiler.is_compiling())
+        return self.validate_args and per_call_value_checks()
 
     def check_values(self, x: Tensor) -> None:
         """Raise a clear error for values of ``x`` (any shape) this density cannot score: NaN/Inf

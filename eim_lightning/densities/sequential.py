@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..smc import Resampling, SMCResult, smc
-from .base import check_positive_int, values_are_prechecked
+from .base import check_positive_int, per_call_value_checks
 
 __all__ = ["SequentialModel", "RESAMPLING_SCHEMES", "check_resampling"]
 
@@ -121,7 +121,7 @@ class SequentialModel(nn.Module):
                 f"{name} has {want} parameters but got sequences of dtype {x.dtype}; "
                 f"convert the data (x.to({want})) or the model (model.to({x.dtype}))"
             )
-        if not (values_are_prechecked() or torch.compiler.is_compiling()) and not bool(torch.isfinite(x).all()):
+        if per_call_value_checks() and not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} got sequences containing NaN or Inf")
         return x
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
-from shrink import EVERY_KIND_OF_CONFIG, shrink_config  # tests/jobs/shrink.py, beside this script
+from shrink import EVERY_KIND_OF_CONFIG, shrunk_config  # tests/jobs/shrink.py, beside this script
 
 from datamodules import Toy2DDataModule
 from eim_lightning import HIS, LARS, SNIS, TRS, Gaussian
@@ -117,10 +117,7 @@ def train_configs() -> dict | None:
     root = os.environ.get("EIM_DATA_DIR", str(REPO.parent / "shared" / "data"))
     out, rank = {}, 0
     for name in CONFIGS:
-        cfg = yaml.safe_load((REPO / "configs" / name).read_text())
-        cfg["trainer"].pop("callbacks", None)
-        cfg["trainer"].pop("logger", None)
-        shrink_config(cfg, z_samples=2000, size=64)
+        cfg = shrunk_config(name, z_samples=2000, size=64)
         args = [
             "--config",
             yaml.safe_dump(cfg),

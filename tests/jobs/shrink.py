@@ -36,6 +36,17 @@ def shrink_config(node, z_samples: int, size: int) -> None:
             shrink_config(item, z_samples, size)
 
 
+def shrunk_config(config: str, z_samples: int, size: int) -> dict:
+    """``configs/<config>`` as a dict without its callbacks and logger, shrunk (:func:`shrink_config`)."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "configs" / config).read_text())
+    cfg["trainer"].pop("callbacks", None)
+    cfg["trainer"].pop("logger", None)
+    shrink_config(cfg, z_samples, size)
+    return cfg
+
+
 def short_fit_cli(config: str, root, accelerator: str, precision: str = "32-true", data_root=None):
     """An ``EIMCLI`` (not run) of ``configs/<config>`` shrunk for 20 quick steps on ``accelerator``:
     validation of one batch every 10 steps, no callbacks, logger, checkpoints or progress bar; image
@@ -44,10 +55,7 @@ def short_fit_cli(config: str, root, accelerator: str, precision: str = "32-true
 
     from eim_lightning.cli import EIMCLI
 
-    cfg = yaml.safe_load((REPO / "configs" / config).read_text())
-    cfg["trainer"].pop("callbacks", None)
-    cfg["trainer"].pop("logger", None)
-    shrink_config(cfg, z_samples=10_000, size=128)
+    cfg = shrunk_config(config, z_samples=10_000, size=128)
     args = [
         "--config",
         yaml.safe_dump(cfg),
