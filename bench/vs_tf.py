@@ -10,13 +10,16 @@ Two tables for the four 2-D EIMs (SNIS K = 1024, TRS T = 1024, LARS T = 1024, HI
 2. **Whole process**: ``eim fit --config configs/toy2d/<algo>_nine_gaussians.yaml`` for
    ``--steps`` steps (the shipped trainer: TensorBoard logger, checkpoints, image callback,
    progress bar and validation), against ``python -m eim.small_problems`` for the same steps,
-   both timed as the wall time of a fresh process.
+   both timed as the wall time of a fresh process. Beside each pair, in the same window, each
+   side's *start-up*: a fresh process that imports what its script imports before it trains,
+   and exits (``import eim_lightning.cli``; ``import eim.small_problems``: TensorFlow, TFP). The
+   table gives the ratio with and without it, and the start-up alone in its last row.
 
 Every measurement runs in its own process; ours and theirs alternate in ``--windows`` windows
 (default 3) and each cell is the median. A ratio is TF's time / ours: above 1, ours is faster.
 Where the TF reference is not installed the tables hold ours alone and say how to install it.
 
-    python bench/vs_tf.py --output docs/BENCHMARKS.md          # make bench (about 25 minutes)
+    python bench/vs_tf.py --output docs/BENCHMARKS.md          # make bench (about 30 minutes)
     python bench/vs_tf.py --windows 1 --steps 2000 --part step  # a quick look
 """
 
@@ -47,6 +50,7 @@ ALGOS = {  # TF's --algo name: (our model, its size)
     "lars": ("LARS", "T = 1024"),
     "his": ("HIS", "T = 5"),
 }
+TF_ENV = {"PYTHONPATH": str(EIMREF), "TF_CPP_MIN_LOG_LEVEL": "2"}
 CONFIG = {"nis": "snis", "rejection_sampling": "trs", "lars": "lars", "his": "his"}
 
 _OURS_STEP = """
@@ -115,7 +119,7 @@ def tf_script(algo: str, steps: int, target: str) -> tuple[float, float]:
                 f"--logdir={logdir}",
             ],
             cwd=EIMREF,
-            env={"PYTHONPATH": str(EIMREF), "TF_CPP_MIN_LOG_LEVEL": "2"},
+            env=TF_ENV,
         )
         log = Path(logdir) / "tf.log"
         log.write_text(out)
@@ -132,6 +136,16 @@ def ours_process_s(algo: str, steps: int) -> float:
             env={"TORCHINDUCTOR_CACHE_DIR": cache},  # an empty compile cache, as the goal says
         )
     return took
+
+
+def ours_startup_s() -> float:
+    """Wall seconds of a fresh process importing what ``eim fit`` imports before it trains."""
+    return _run([sys.executable, "-c", "import eim_lightning.cli"], cwd=REPO)[0]
+
+
+def tf_startup_s() -> float:
+    """Wall seconds of a fresh process importing the authors' script (TensorFlow, TFP), not running it."""
+    return _run([str(TF_PYTHON), "-c", "import eim.small_problems"], cwd=EIMREF, env=TF_ENV)[0]
 
 
 def _median(values: list[float]) -> float:
@@ -171,17 +185,34 @@ def per_step_table(windows: int, steps: int, warmup: int, with_tf: bool) -> list
 
 
 def process_table(windows: int, steps: int, with_tf: bool) -> list[str]:
-    rows = []
+    """The whole-process rows, then the start-up row (every window's start-ups)."""
+    rows, all_ours_start, all_tf_start = [], [], []
     for algo, (model, size) in ALGOS.items():
-        ours, theirs = [], []
+        ours, theirs, ours_start, tf_start = [], [], [], []
         for _ in range(windows):
             ours.append(ours_process_s(algo, steps))
+            ours_start.append(ours_startup_s())
             if with_tf:
                 theirs.append(tf_script(algo, steps, "nine_gaussians")[0])
-            print(f"  {model}: ours {ours[-1]:.1f} s" + (f", TF {theirs[-1]:.1f} s" if with_tf else ""), flush=True)
+                tf_start.append(tf_startup_s())
+            print(
+                f"  {model}: ours {ours[-1]:.1f} s (start-up {ours_start[-1]:.1f})"
+                + (f", TF {theirs[-1]:.1f} s (start-up {tf_start[-1]:.1f})" if with_tf else ""),
+                flush=True,
+            )
         o, t = _median(ours), _median(theirs)
-        paired = _paired(theirs, ours)
-        rows.append(f"| {model} | {size} | {_fmt(o, 1)} | {_fmt(t, 1)} | {_fmt(paired)} | {_fmt(t / o)} |")
+        after = _paired([a - b for a, b in zip(theirs, tf_start)], [a - b for a, b in zip(ours, ours_start)])
+        rows.append(
+            f"| {model} | {size} | {_fmt(o, 1)} | {_fmt(t, 1)} | {_fmt(_paired(theirs, ours))} | {_fmt(t / o)} "
+            f"| {_fmt(after)} |"
+        )
+        all_ours_start += ours_start
+        all_tf_start += tf_start
+    o, t = _median(all_ours_start), _median(all_tf_start)
+    rows.append(
+        f"| start-up only | - | {_fmt(o, 1)} | {_fmt(t, 1)} | {_fmt(_paired(all_tf_start, all_ours_start))} "
+        f"| {_fmt(t / o)} | - |"
+    )
     return rows
 
 
@@ -247,10 +278,14 @@ def main(argv: list[str] | None = None) -> None:
             "every 1000 steps), start-up included, an empty compile cache (a fresh `TORCHINDUCTOR_CACHE_DIR` per "
             "run); TF: `python -m eim.small_problems --algo=... --K=1024 "
             f"--target=nine_gaussians --max_steps={opts.steps}`. Wall seconds of a fresh process; ratio = TF / ours; "
-            f"{RATIO_NOTE}",
+            f"{RATIO_NOTE} Start-up: a fresh process that imports what the script imports before training, "
+            'and exits (ours `python -c "import eim_lightning.cli"`: torch, Lightning, torchmetrics and what they '
+            'import; TF `python -c "import eim.small_problems"`: TensorFlow and TFP), measured beside each run in '
+            "its window; *ratio after start-up* is the median over windows of (TF - its start-up) / (ours - ours); "
+            "the last row is the start-up alone, over all windows.",
             "",
-            "| model | size | ours (s) | TF (s) | ratio | ratio of the medians |",
-            "|---|---|---|---|---|---|",
+            "| model | size | ours (s) | TF (s) | ratio | ratio of the medians | ratio after start-up |",
+            "|---|---|---|---|---|---|---|",
             *rows,
             "",
             footer(opts.windows, began, command),

@@ -47,3 +47,27 @@ def test_a_replaced_table_leaves_its_ratios_under_earlier_runs(tmp_path):
 def test_a_section_without_a_table_leaves_no_line():
     assert vs_tf.ratio_summary("") is None
     assert vs_tf.ratio_summary(f"{vs_tf.STEP}\n\nno table here\n") is None
+
+
+def test_the_process_table_gives_the_ratio_after_start_up_and_the_start_up_row(monkeypatch):
+    """Each model's ratio with and without each side's start-up, measured in the same window; the
+    last row: the start-ups alone over all windows (medians and window ratios)."""
+    totals = {"ours": iter([10.0, 12.0] * 4), "tf": iter([9.0, 9.0] * 4)}
+    starts = {"ours": iter([5.0, 4.0] * 4), "tf": iter([3.0, 3.0] * 4)}
+    monkeypatch.setattr(vs_tf, "ours_process_s", lambda algo, steps: next(totals["ours"]))
+    monkeypatch.setattr(vs_tf, "tf_script", lambda algo, steps, target: (next(totals["tf"]), 0.0))
+    monkeypatch.setattr(vs_tf, "ours_startup_s", lambda: next(starts["ours"]))
+    monkeypatch.setattr(vs_tf, "tf_startup_s", lambda: next(starts["tf"]))
+    rows = vs_tf.process_table(windows=2, steps=100, with_tf=True)
+    assert len(rows) == len(vs_tf.ALGOS) + 1
+    # windows: 9/10 and 9/12 (median 0.825); after start-up (9-3)/(10-5) = 1.2 and (9-3)/(12-4) = 0.75
+    assert rows[0] == "| SNIS | K = 1024 | 11.0 | 9.0 | 0.82 | 0.82 | 0.97 |"
+    assert rows[-1] == "| start-up only | - | 4.5 | 3.0 | 0.68 | 0.67 | - |"
+
+
+def test_without_tf_the_process_table_holds_ours_alone(monkeypatch):
+    monkeypatch.setattr(vs_tf, "ours_process_s", lambda algo, steps: 10.0)
+    monkeypatch.setattr(vs_tf, "ours_startup_s", lambda: 4.0)
+    rows = vs_tf.process_table(windows=1, steps=100, with_tf=False)
+    assert rows[0] == "| SNIS | K = 1024 | 10.0 | n/a | n/a | n/a | n/a |"
+    assert rows[-1] == "| start-up only | - | 4.0 | n/a | n/a | n/a | - |"
