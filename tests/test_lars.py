@@ -449,3 +449,32 @@ def test_training_diagnostics_report_the_fraction_of_saturated_acceptances():
     assert 0.48 < share.item() < 0.52
     _, none = lars.bound_and_diagnostics(x, diagnostics=False)
     assert none == {}
+
+
+@pytest.mark.parametrize("reparameterized", [True, False])
+def test_gradient_of_z_reaches_the_proposal_only_through_reparameterised_samples(reparameterized):
+    # pi = N(loc, 1) with a learnable loc, a = sigmoid(1.5 sin 2x - 0.5). d/dloc sum_b log q_T(x_b) is
+    # sum_b (x_b - loc) / s^2 plus, only for reparameterised samples z_j = loc + s eps_j, the Z term
+    # sum_b dlog q_T(x_b)/dZ * mean_j a'(z_j), a' = a (1 - a) 3 cos 2z, at the smoothed Z_s
+    T, S, loc = 5, 64, 0.25  # loc exact in float32, where Normal builds it
+    lars = LARS(
+        Normal(1, loc=loc, learnable=True), SinLogit(), T=T, num_z_samples=S, reparameterize_z_samples=reparameterized
+    )
+    lars = lars.double().train()
+    x = torch.tensor([[-1.0], [0.2], [1.7]], dtype=torch.float64)
+    torch.manual_seed(3)
+    zs = lars.proposal.sample(S)[:, 0].numpy()  # the draws training_z makes after the same seed
+    torch.manual_seed(3)
+    lars.bound_and_diagnostics(x)[0].sum().backward()
+    z_s = lars._pending_z_s.item()
+    xn = x[:, 0].numpy()
+    a_x = special.expit(1.5 * np.sin(2 * xn) - 0.5)
+    geo = sum((1 - z_s) ** t for t in range(T - 1))
+    d_geo = sum(-t * (1 - z_s) ** (t - 1) for t in range(1, T - 1))
+    d_log_q_dz = (a_x * d_geo - (T - 1) * (1 - z_s) ** (T - 2)) / (a_x * geo + (1 - z_s) ** (T - 1))
+    a_z = special.expit(1.5 * np.sin(2 * zs) - 0.5)
+    d_z_dloc = float(np.mean(a_z * (1 - a_z) * 3 * np.cos(2 * zs)))
+    s = lars.proposal.scale.item()  # 1 up to float32 rounding of its softplus parameter
+    expected = float(np.sum(xn - loc)) / s**2 + (float(d_log_q_dz.sum()) * d_z_dloc if reparameterized else 0.0)
+    assert lars.proposal.loc.grad.item() == pytest.approx(expected, rel=1e-10, abs=1e-12)
+    assert abs(float(d_log_q_dz.sum()) * d_z_dloc) > 1e-3  # the Z term is not negligible here

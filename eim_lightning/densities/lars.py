@@ -13,7 +13,11 @@ samples, ``Z_s = (1 - eps) Z_ema + eps Z_curr`` (``eps = z_ema_rate = 0.01``), a
 pass uses ``Z = Z_curr + stopgrad(Z_s - Z_curr)`` (value of the smoothed estimate, gradient of
 the current batch). After the optimiser step the owner calls :meth:`LARS.update_z_ema`, which
 sets ``Z_ema <- mean stopgrad(Z_s)`` (averaged across processes when given a reduction).
-``Z_ema`` (init 0.5) is a buffer, so it is saved in checkpoints.
+``Z_ema`` (init 0.5) is a buffer, so it is saved in checkpoints. The proposal samples of ``Z_curr``
+are reparameterised (``rsample``: the gradient of Z reaches the proposal's parameters; Gumbel
+straight-through for binary pixels); with ``reparameterize_z_samples=False`` they are plain samples
+and that gradient reaches the acceptance network only, as in the authors' code for its
+convolutional (ConvHVAE) proposal, whose Bernoulli samples carry no gradient.
 
 Evaluation: every other use of the density, ``log_prob_lower_bound`` and ``log_prob_replicas``
 in any mode (also as a VAE's prior outside its training objective), uses an *evaluation* Z
@@ -65,6 +69,8 @@ class LARS(Density):
         z_eval_chunk_size: samples per chunk of that estimate.
         antithetic: use antithetic pairs in the evaluation estimate.
         z_ema_rate: ``eps`` of the moving average.
+        reparameterize_z_samples: draw ``Z_curr``'s proposal samples with ``rsample`` (True) or
+            ``sample`` (False: no gradient of Z into the proposal).
     """
 
     def __init__(
@@ -78,6 +84,7 @@ class LARS(Density):
         z_eval_chunk_size: int = SAMPLE_CHUNK_SIZE,
         antithetic: bool = False,
         z_ema_rate: float = 0.01,
+        reparameterize_z_samples: bool = True,
         data_mean: Tensor | None = None,
         eval_chunk_size: int = 64,
         sample_chunk_size: int = SAMPLE_CHUNK_SIZE,
@@ -95,6 +102,7 @@ class LARS(Density):
             raise ValueError(f"antithetic=True needs a proposal with reflect(); {type(proposal).__name__} has none")
         self.antithetic = antithetic
         self.z_ema_rate = z_ema_rate
+        self.reparameterize_z_samples = reparameterize_z_samples
         self.proposal = proposal
         self.accept_logit = accept_logit
         self.register_data_mean(data_mean)
@@ -121,7 +129,8 @@ class LARS(Density):
             extra: optional ``[B]`` extra terms ``stopgrad(pi(z)/q(z|x)) a(z)`` from a VAE's
                 posterior samples; then ``Z_curr = (S Ẑ_S + extra) / (S + 1)`` per example.
         """
-        xs = self.proposal.rsample(self.num_z_samples)
+        draw = self.proposal.rsample if self.reparameterize_z_samples else self.proposal.sample
+        xs = draw(self.num_z_samples)
         acceptance = torch.sigmoid(self.logit(xs))
         self.last_acceptance = acceptance.detach()  # for the saturation diagnostic
         z_curr = acceptance.mean()
