@@ -498,11 +498,16 @@ NOTES = """## What this is, and what falls short
   proposal 90.01. Its training ELBO (the proposal's, one sample) was -231.8 at step 0 and still -199.4 at
   step 5,000, so the proposal barely trained inside LARS, and the evaluation Z is 7.4e-6: (1 - Z)^99 is
   about 0.9993, so nearly every sample is the truncation's forced last proposal and the model is its
-  proposal. LARS with a plain VAE proposal trained (96.54 at 10,000 steps, every 5th test image). Not
-  investigated yet; the suspects are the proposal's gradient through the Z term (1024 binary-pixel
-  samples of the ConvHVAE per step) and its interaction with the ConvHVAE's learning. One seed. It
+  proposal. LARS with a plain VAE proposal trained (96.54 at 10,000 steps, every 5th test image). It
   trained for 0.65 h of wall time (1.0 h of CPU; one thread to step 1,450, two after, so not
   bit-identical to an uninterrupted run) and tested for 36 minutes on 2 threads, on an Intel Xeon.
+  Why (`python bench/lars_proposal_probe.py`, [LARS_PROPOSAL_PROBE.md](LARS_PROPOSAL_PROBE.md)): the
+  ConvHVAE starts on a plateau at an ELBO of about -207 nats (its decoder ignoring the latents, the
+  pixels at the data mean) and leaves it at a step that depends on the random stream: alone at about
+  2,000-2,250 steps with seeds 0 and 1, inside LARS with seed 0 not by 3,000 steps (nor by 10,000 in
+  this row), with seed 1 at about 1,250. LARS's own terms are not the cause: without the gradient of Z
+  into the proposal (`reparameterize_z_samples: false`, as the authors' code trains its ConvHVAE
+  proposal) and with T = 1 (the estimate is log pi) the proposal's ELBO follows LARS's to 0.01 nat.
 * **Not run here**: the jittered (Table 2) rows beyond 10,000 steps (their NLL is in nats on the 0-256
   pixel scale, 784 pixels); their configs are in `configs/images/` and train in the tests on small
   slices.
