@@ -105,7 +105,7 @@ def run(config: Path, steps: int, every: int, seed: int, extra: list[str]) -> tu
     return probe.rows, time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--proposal", choices=["convhvae", "vae"], default="convhvae")
     parser.add_argument("--steps", type=int, default=1000)
@@ -113,7 +113,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--output", type=Path)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    for option in ("steps", "every"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option} must be a positive number of steps, got {getattr(args, option)}")
     folder = REPO / "configs" / "images" / "static_mnist"
     runs = {}
     for variant in args.variants:
