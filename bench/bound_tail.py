@@ -70,7 +70,8 @@ def image_bounds(model: LatentVariableModel, images: Tensor, samples: int, batch
 
 
 def load(config: Path, ckpt: Path, proposal: bool, parser: argparse.ArgumentParser):
-    """The configured model with the checkpoint's weights, the part to score and the datamodule."""
+    """The part of the configured model to score, with the checkpoint's weights; the datamodule; the
+    checkpoint's step (None where it has none)."""
     root = os.environ.get("EIM_DATA_DIR", str(REPO.parent / "shared" / "data"))
     quiet = ["--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false"]
     cli = EIMCLI(args=["--config", str(config), f"--data.init_args.root={root}", *quiet], run=False)
@@ -81,9 +82,10 @@ def load(config: Path, ckpt: Path, proposal: bool, parser: argparse.ArgumentPars
     if not isinstance(part, LatentVariableModel):
         hint = "; score its proposal with --proposal" if hasattr(part, "proposal") else ""
         parser.error(f"{type(part).__name__} is not a latent-variable model, so it has no IWAE bound to score{hint}")
-    module.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    module.load_state_dict(saved["state_dict"])
     module.eval()
-    return part, cli.datamodule
+    return part, cli.datamodule, saved.get("global_step")
 
 
 def shown_path(path: Path) -> str:
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         if not getattr(args, option).is_file():
             parser.error(f"--{option} {getattr(args, option)} is not a file")
     start = time.perf_counter()
-    model, data = load(args.config, args.ckpt_path, args.proposal, parser)
+    model, data, step = load(args.config, args.ckpt_path, args.proposal, parser)
     data.setup("fit")
     data.setup("test")
     rows = []
@@ -129,7 +131,9 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {split} | {int(stats[0])} | " + " | ".join(f"{s:.2f}" for s in stats[1:]) + " |")
     text = "\n".join(
         [
-            f"## {args.config.parent.name}/{args.config.stem}, {what}: `{shown_path(args.ckpt_path)}`",
+            f"## {args.config.parent.name}/{args.config.stem}, {what}"
+            + (f" after {step:,} steps" if step is not None else "")
+            + f": `{shown_path(args.ckpt_path)}`",
             "",
             f"Each image's {args.samples}-sample IWAE bound (nats), the first {args.images} images of each split. "
             f"Measured {time.strftime('%Y-%m-%d')} on {describe()}; took {took:.1f} minutes. Command: `{command}`.",

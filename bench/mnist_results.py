@@ -439,7 +439,26 @@ NOTES = """## What this is, and what falls short
   2169.02, 7.5 nats worse than with seed 0. LARS with seed 1 (`--seed 1`) reached 2155.94, and its
   proposal alone (the same T = 1 test with seed 1) 2160.53: 4.59 nats from the acceptance again, and a
   VAE 8.5 nats better than seed 1's VAE alone. So in both seeds the VAE trained inside LARS beat the
-  VAE trained alone (by 13.7 and 8.5 nats); why is open.
+  VAE trained alone (by 13.7 and 8.5 nats). What that gap is made of (measured 2026-12-04 on an Intel
+  Xeon): rerun there at commit 2247ad4 (`--runs R --docs D` outside the repository), the VAE alone
+  reproduced 2161.50 to the digit, but the LARS row gave 2149.60, not 2143.21 (the same command and seed,
+  first run on an AMD EPYC at an earlier commit; Z 9.0e-5). Its proposal, scored image by image with
+  1000 samples (`python bench/bound_tail.py --config configs/images/jittered_mnist/lars_vae_proposal.yaml
+  --proposal --ckpt_path R/jittered_mnist/lars_vae_proposal/seed0/checkpoints/last.ckpt --samples 1000`,
+  [BOUND_TAIL.md](BOUND_TAIL.md)), is 7.2 nats better in the mean than the VAE alone (2154.45 against
+  2161.61), 11.6 better at the median test image (2125.79 against 2137.36), with the same tail (the
+  worst 1% of test images make 38.6 and 38.7 nats of the means): the whole distribution moved, not a
+  few images. That LARS causes it is not shown: `python bench/lars_proposal_probe.py --dataset
+  jittered_mnist --proposal vae --steps 5000 --every 500 --variants alone lars no_z_gradient t1`
+  ([LARS_PROPOSAL_PROBE.md](LARS_PROPOSAL_PROBE.md)) also trains the proposal inside LARS with T = 1,
+  whose objective is exactly the VAE's own ELBO and which differs from the VAE alone only in its random
+  stream (LARS's 1024 Z samples a step). Its one-sample ELBO on 1,000 training images was 10.6 nats
+  ahead of the VAE alone's at step 5,000, more than half of LARS's lead there (18.4), and 283 nats
+  behind at step 2,000; without the gradient of Z into the proposal it matched T = 1 at every
+  checkpoint, so at most the difference between LARS and T = 1 (7.8 nats at step 5,000, of either
+  sign earlier) can be Z's gradient. The gap is of the size that a different random stream, seed (7.5
+  nats between the VAE alone's two seeds) or machine (6.4 nats for this LARS row) makes at 10,000
+  steps; more seeds would decide it, and they have not been run.
 * **Jittered Fashion-MNIST at 10,000 steps**: the Gaussian-decoder VAE alone 2919.67; LARS with it
   as its proposal (T = 100, an estimate, Z from 1e6 proposal samples: 2.2e-4, so (1 - Z)^99 is about
   0.98 and nearly every sample is the truncation's forced last proposal) 2920.36, 0.69 nats *worse*,
@@ -512,8 +531,24 @@ NOTES = """## What this is, and what falls short
   samples 0.018): **88.02 nats**, ahead of the ConvHVAE alone at these steps (92.36) and of SNIS with it
   (90.01); its proposal left the plateau at about step 1,200 (training ELBO -96.4 at step 5,000).
   Trained 0.37 h, tested 35 minutes, 2 threads, Intel Xeon.
-* **Not run here**: the jittered (Table 2) rows beyond 10,000 steps (their NLL is in nats on the 0-256
-  pixel scale, 784 pixels); their configs are in `configs/images/` and train in the tests on small
+* **Jittered MNIST at 50,000 steps** (seed 0, all 10,000 test images): the Gaussian-decoder VAE alone
+  2215.67, *worse* than after 10,000 steps (2161.50). Its training log says why (`python
+  bench/tb_scalars.py R/jittered_mnist/vae_gaussian_decoder/seed0/logs --tags val/bound
+  train/bound_epoch`, R the runner's `--runs` folder): the single-sample validation ELBO was -2221.1,
+  -2027.6, -2017.5 and -1991.6 after 10,000, 20,000, 30,000 and 40,000 steps and -2335.9 after 50,000.
+  Between steps 46,000 and 46,100 the logged training ELBO fell from about -1,830 to -9,377 and its KL
+  rose from about 100 to 200 nats (a training instability of the decoder with learned pixel scales),
+  and by step 50,000 it had recovered only to about -2,270; the runner tests the last checkpoint, not
+  the best. Scored image by image (`bench/bound_tail.py`, [BOUND_TAIL.md](BOUND_TAIL.md)), the 50,000-step
+  model's median test image (2133.15) is about the 10,000-step model's (2137.36), but its tail is
+  heavier: its worst test image scores -83,079 nats (8.3 nats of the mean on its own; at 10,000 steps
+  -14,548), and its worst 1% of test images make 79.5 nats of the mean against 35.8 for as many
+  training images. Before the spike the training bound (epoch mean -1,775 at 40,000 steps) was already
+  about 200 nats above the validation ELBO (-1,992): the VAE also overfits the 50,000 training images.
+  Trained 0.14 h on one thread, tested 3.8 minutes, Intel Xeon. Gradient clipping, a larger minimum
+  decoder scale or testing the best validation checkpoint might each avoid this; none was tried.
+* **Not run here**: the other jittered (Table 2) rows beyond 10,000 steps (their NLL is in nats on the
+  0-256 pixel scale, 784 pixels); their configs are in `configs/images/` and train in the tests on small
   slices.
 * **Paper column**: the LARS paper's numbers as quoted in ALGORITHMS.md section 5 (VAE with N(0, I)
   and with a LARS prior); the EIM paper's own numbers for the TRS/SNIS/HIS priors are not quoted

@@ -65,13 +65,13 @@ def test_scores_a_lars_proposal_on_real_test_and_training_images(tmp_path, monke
     config = JITTERED / "lars_vae_proposal.yaml"
     cli = EIMCLI(args=["--config", str(config), f"--data.init_args.root={data_dir}"], run=False)
     ckpt = tmp_path / "last.ckpt"
-    torch.save({"state_dict": cli.model.state_dict()}, ckpt)
+    torch.save({"state_dict": cli.model.state_dict(), "global_step": 1234}, ckpt)
     out = tmp_path / "tail.md"
     argv = ["--config", str(config), "--ckpt_path", str(ckpt), "--proposal", "--images", "6", "--samples", "2"]
     bound_tail.main([*argv, "--batch", "4", "--output", str(out)])
     text = out.read_text()
     assert text.startswith("# Where a test mean comes from")
-    assert "## jittered_mnist/lars_vae_proposal, its proposal" in text
+    assert "## jittered_mnist/lars_vae_proposal, its proposal after 1,234 steps: `" in text
     rows = [line.split(" | ") for line in text.splitlines() if line.startswith(("| test ", "| train "))]
     assert [(r[0], r[1]) for r in rows] == [("| test", "6"), ("| train", "6")]
     for row in rows:
