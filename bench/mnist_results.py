@@ -557,8 +557,10 @@ NOTES = """## What this is, and what falls short
   were close (after 40,000 steps -1992 alone, -2030 in LARS). So most of the 420 nats between the two
   rows is the VAE alone's spike, not LARS. The VAE alone with seed 1 (`--seed 1`, 50,000 steps; its
   training dipped at steps 29,000 and 38,000 but recovered, validation ELBO -2008.2 at the end) reached
-  **1801.09**: LARS (seed 0) is 5.2 nats better than that, about the log 100 = 4.6 that its acceptance
-  can add at most, within the seeds' spread (one seed each; trained 0.19 h, tested 4.6 minutes). Its median test image scores 1677.77 (training images
+  **1801.09**: LARS (seed 0) is 5.2 nats better than that, and since its acceptance adds nothing
+  measurable here, those 5.2 nats lie between two VAEs, one trained inside LARS, of different seeds:
+  within what a seed changes at 10,000 steps (7.5 nats; one seed each here; trained 0.19 h, tested 4.6
+  minutes). Its median test image scores 1677.77 (training images
   1663.27); its worst test image -149,015 nats (14.9 nats of the mean on its own), and its worst 1% of
   test images make 136.8 nats of the mean against 24.7 for as many training images. Trained 1.38 h
   (0.90 h of CPU, one thread), tested 3.7 minutes, Intel Xeon.
