@@ -553,17 +553,17 @@ NOTES = """## What this is, and what falls short
   (`bench/bound_tail.py --proposal`, [BOUND_TAIL.md](BOUND_TAIL.md)), is 1795.90 on other draws: with Z
   this small the acceptance adds nothing measurable now (4.59 nats after 10,000 steps). Its training had
   no lasting spike (validation estimate -2219, -2022, -2057, -2030 and -1964 after 10,000 to 50,000
-  steps; the training estimate dipped at one logged step, 44,000), and before the VAE alone's spike the two validation figures
-  were close (after 40,000 steps -1992 alone, -2030 in LARS). So most of the 420 nats between the two
-  rows is the VAE alone's spike, not LARS. The VAE alone with seed 1 (`--seed 1`, 50,000 steps; its
-  training dipped at steps 29,000 and 38,000 but recovered, validation ELBO -2008.2 at the end) reached
-  **1801.09**: LARS (seed 0) is 5.2 nats better than that, and since its acceptance adds nothing
-  measurable here, those 5.2 nats lie between two VAEs, one trained inside LARS, of different seeds:
-  within what a seed changes at 10,000 steps (7.5 nats; one seed each here; trained 0.19 h, tested 4.6
-  minutes). Its median test image scores 1677.77 (training images
-  1663.27); its worst test image -149,015 nats (14.9 nats of the mean on its own), and its worst 1% of
-  test images make 136.8 nats of the mean against 24.7 for as many training images. Trained 1.38 h
-  (0.90 h of CPU, one thread), tested 3.7 minutes, Intel Xeon.
+  steps; the training estimate dipped at one logged step, 44,000), and before the VAE alone's spike the
+  two validation figures were close (after 40,000 steps -1992 alone, -2030 in LARS). So most of the 420
+  nats between the two rows is the VAE alone's spike, not LARS. The VAE alone with seed 1 (`--seed 1`,
+  50,000 steps; its training dipped at steps 29,000 and 38,000 but recovered, validation ELBO -2008.2 at
+  the end) reached **1801.09**: LARS (seed 0) is 5.2 nats better than that, and since its acceptance
+  adds nothing measurable here, those 5.2 nats lie between two VAEs, one trained inside LARS, of
+  different seeds: within what a seed changes at 10,000 steps (7.5 nats; one seed each here; trained
+  0.19 h, tested 4.6 minutes). Its median test image scores 1677.77 (training images 1663.27); its worst
+  test image -149,015 nats (14.9 nats of the mean on its own), and its worst 1% of test images make
+  136.8 nats of the mean against 24.7 for as many training images. Trained 1.38 h (0.90 h of CPU, one
+  thread), tested 3.7 minutes, Intel Xeon.
 * **Jittered Fashion-MNIST at 50,000 steps** (seed 0): the Gaussian-decoder VAE alone 2700.48, 219 nats
   better than after 10,000 steps (2919.67). No spike (`bench/tb_scalars.py`: validation ELBO -2970.9,
   -2900.8, -2838.9, -2803.5 and -2775.8 after 10,000 to 50,000 steps; no training ELBO logged (every 100
