@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 from eim_lightning.cli import EIMCLI  # noqa: E402
 from eim_lightning.densities import LatentVariableModel  # noqa: E402
 from machine import describe  # noqa: E402  (bench/machine.py)
+from report import append_section  # noqa: E402  (bench/report.py)
 
 warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
 TITLE = (
@@ -122,9 +123,9 @@ def main(argv: list[str] | None = None) -> None:
         images = torch.stack([dataset[i] for i in range(n)]).reshape(n, -1)
         rows.append((split, summary(image_bounds(model, images, args.samples, args.batch))))
     took = (time.perf_counter() - start) / 60
-    shown = {str(args.ckpt_path): shown_path(args.ckpt_path)}
+    ckpt = shown_path(args.ckpt_path)
     given = argv if argv is not None else sys.argv[1:]
-    command = " ".join(["python bench/bound_tail.py", *(shown.get(a, a) for a in given)])
+    command = " ".join(["python bench/bound_tail.py", *(ckpt if a == str(args.ckpt_path) else a for a in given)])
     what = "its proposal" if args.proposal else "the model"
     lines = [f"| split | {' | '.join(COLUMNS)} |", "|---|" + "---|" * len(COLUMNS)]
     for split, stats in rows:
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         [
             f"## {args.config.parent.name}/{args.config.stem}, {what}"
             + (f" after {step:,} steps" if step is not None else "")
-            + f": `{shown_path(args.ckpt_path)}`",
+            + f": `{ckpt}`",
             "",
             f"Each image's {args.samples}-sample IWAE bound (nats), the first {args.images} images of each split. "
             f"Measured {time.strftime('%Y-%m-%d')} on {describe()}; took {took:.1f} minutes. Command: `{command}`.",
@@ -144,8 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(text)
     if args.output:
-        old = args.output.read_text() if args.output.exists() else TITLE
-        args.output.write_text(old.rstrip("\n") + "\n\n" + text)
+        append_section(args.output, TITLE, text)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from eim_lightning.cli import EIMCLI  # noqa: E402
 from machine import describe  # noqa: E402  (bench/machine.py)
+from report import append_section  # noqa: E402  (bench/report.py)
 
 warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
 DENSITY = "--model.init_args.density.init_args."
@@ -167,8 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(text)
     if args.output:
-        old = args.output.read_text() if args.output.exists() else TITLE
-        args.output.write_text(old.rstrip("\n") + "\n\n" + text)
+        append_section(args.output, TITLE, text)
 
 
 if __name__ == "__main__":
