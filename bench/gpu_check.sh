@@ -7,7 +7,8 @@
 # 1. the GPU test tier (tests/test_gpu.py: every module on CUDA in float32 and bf16-mixed, the
 #    training step as a CUDA graph replayed without host syncs to the eager steps' parameters,
 #    exact resume), at most 5 minutes;
-# 2. bench/gpu_steps.py (steps/s eager and replayed from a CUDA graph), at most 4 minutes.
+#    (on an H200, 2026-12-04: 47 passed in 54 s);
+# 2. bench/gpu_steps.py (steps/s eager and replayed from a CUDA graph), at most 4 minutes (2.4 there).
 # Logs and the benchmark's page come back from $OUT; copy the page to docs/BENCHMARKS_GPU.md.
 #
 # That machine's python3 has torch, lightning, torchmetrics, torchvision, tensorboard and pytest,
@@ -27,8 +28,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 CUBLAS_WO
 [ -d .gpudata ] && export EIM_DATA_DIR="$PWD/.gpudata"
 nvidia-smi -L 2>&1 | tee "$OUT/gpu.txt"
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)" | tee -a "$OUT/gpu.txt"
-timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py 2>&1 | tee "$OUT/test_gpu.log"
+timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_bench_gpu_steps.py 2>&1 | tee "$OUT/test_gpu.log"
 echo "pytest rc=$?" | tee -a "$OUT/test_gpu.log"
-timeout 240 python3 bench/gpu_steps.py --steps 500 --warmup 100 --rounds 2 --output "$OUT/BENCHMARKS_GPU.md" 2>&1 \
+timeout 240 python3 bench/gpu_steps.py --steps 400 --warmup 50 --rounds 3 --output "$OUT/BENCHMARKS_GPU.md" 2>&1 \
     | tee "$OUT/gpu_steps.log"
 echo "gpu_steps rc=$?" | tee -a "$OUT/gpu_steps.log"

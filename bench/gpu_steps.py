@@ -138,8 +138,9 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|---|---|---|---|",
         *(f"| {m} | {p} | {e:.0f} | {g:.0f} | {r:.2f} | {s} |" for m, p, e, g, r, s in rows),
         "",
-        f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {torch.cuda.get_device_name()}, torch {torch.__version__}, "
-        f"lightning {L.__version__}; `Trainer.fit` with logger, checkpoints, progress bar and validation off, "
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {torch.cuda.get_device_name()} "
+        f"({os.cpu_count()} CPU cores), torch {torch.__version__}, lightning {L.__version__}; "
+        "`Trainer.fit` with logger, checkpoints, progress bar and validation off, "
         f"{args.steps} timed steps after {args.warmup}, {args.rounds} rounds alternating eager and graphed fits, "
         f"each cell the median; this table took {minutes:.1f} minutes. Command: `python bench/gpu_steps.py "
         f"--steps {args.steps} --warmup {args.warmup} --rounds {args.rounds} --output docs/BENCHMARKS_GPU.md`.",

@@ -9,9 +9,15 @@ parameter tensors on a 2-core CPU, against 0.03 ms for the fused kernel itself
 (``bench/toy2d_steps.py`` profile). :class:`Adam` keeps the lists of parameters and state
 tensors and calls the same kernel (``torch._fused_adam_``) directly, so its parameters and
 state are bit-identical to ``torch.optim.Adam(fused=True)`` (tested). Anything the lean path
-does not cover (AMSGrad, maximize, a differentiable or capturable optimiser, gradient scaling
-by a ``GradScaler``, parameters on several devices or of several dtypes, sparse gradients, a
-device without the fused kernel) falls back to ``torch.optim.Adam.step``.
+does not cover (AMSGrad, maximize, a differentiable or capturable optimiser, parameters on
+several devices or of several dtypes, sparse gradients, a device without the fused kernel) falls
+back to ``torch.optim.Adam.step``.
+
+Under mixed precision it is an ordinary optimiser to the gradient scaler: unlike
+``torch.optim.Adam(fused=True)`` it does not declare that it unscales gradients inside its step
+(``_step_supports_amp_scaling``), so a ``GradScaler`` (``precision="16-mixed"``) unscales them
+before the step, and Lightning's gradient clipping (``gradient_clip_val``), which refuses an
+optimiser that unscales internally, works in ``"16-mixed"`` and ``"bf16-mixed"`` as in float32.
 
 :meth:`Adam.step_unless` skips a step on device when a flag is set (a non-finite loss), so
 training can stop at the end of a block of steps with the weights of the last good step.
@@ -44,6 +50,7 @@ class Adam(torch.optim.Adam):
         **kwargs,
     ) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused, **kwargs)
+        self._step_supports_amp_scaling = False  # the scaler unscales the gradients itself (module doc)
 
     @staticmethod
     def _lean(group: dict) -> bool:

@@ -17,7 +17,7 @@ import torch
 
 from conftest import quiet_trainer
 from datamodules import Toy2DDataModule
-from eim_lightning import HIS, LARS, SNIS, TRS, Gaussian
+from eim_lightning import HIS, LARS, SNIS, TRS, VAE, Gaussian
 from eim_lightning.modules.graphed import GraphedStep
 from jobs.shrink import EVERY_KIND_OF_CONFIG, short_fit_cli
 
@@ -40,6 +40,17 @@ def _trainer(tmp_path, precision: str, **kwargs) -> L.Trainer:
     return quiet_trainer(tmp_path, accelerator="gpu", precision=precision, **kwargs)
 
 
+class _TrainedOnCuda(L.Callback):
+    """Whether every parameter was on CUDA and finite when training ended (Lightning moves the
+    module back to the CPU after ``fit``)."""
+
+    def __init__(self) -> None:
+        self.ok = None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.ok = all(p.device.type == "cuda" and bool(torch.isfinite(p).all()) for p in pl_module.parameters())
+
+
 def _graph_served(model) -> bool:
     """Whether the module's steps were replayed from a CUDA graph (none failed to capture)."""
     graphed = model._graphed_step
@@ -50,9 +61,11 @@ def _graph_served(model) -> bool:
 @pytest.mark.parametrize("name", sorted(TOY))
 def test_every_2d_module_trains_and_evaluates_on_cuda(name, precision, tmp_path):
     model = TOY[name]()
+    on_cuda = _TrainedOnCuda()
     trainer = _trainer(
         tmp_path,
         precision,
+        callbacks=[on_cuda],
         max_steps=100,
         val_check_interval=50,
         check_val_every_n_epoch=None,
@@ -62,7 +75,7 @@ def test_every_2d_module_trains_and_evaluates_on_cuda(name, precision, tmp_path)
     dm = Toy2DDataModule("two_rings", steps_per_epoch=100, val_size=500, test_size=1000, eval_batch_size=500)
     trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 100 and model._block_size == 10
-    assert all(p.device.type == "cuda" and torch.isfinite(p).all() for p in model.parameters())
+    assert on_cuda.ok
     assert _graph_served(model)
     (result,) = trainer.test(model, datamodule=dm, verbose=False)
     assert math.isfinite(result[f"test/{model.bound_name}"])
@@ -74,9 +87,11 @@ def test_every_other_kind_of_module_trains_on_cuda_from_its_config(config, preci
     from conftest import real_data_dir
 
     cli = short_fit_cli(config, tmp_path, "gpu", precision, real_data_dir())
+    on_cuda = _TrainedOnCuda()
+    cli.trainer.callbacks.append(on_cuda)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 20
-    assert all(p.device.type == "cuda" and torch.isfinite(p).all() for p in cli.model.parameters())
+    assert on_cuda.ok
     graphed = getattr(cli.model, "_graphed_step", None)
     assert graphed is None or not graphed.failed  # where a graph applies, it was captured
 
@@ -117,6 +132,25 @@ def test_the_step_is_a_cuda_graph_replayed_without_host_syncs_to_the_eager_steps
     assert runs[False]._graphed_step is None
     assert all(torch.equal(p, q) for p, q in zip(runs[True].parameters(), runs[False].parameters()))
     assert all(torch.equal(p, q) for p, q in zip(runs[True].buffers(), runs[False].buffers()))
+
+
+def test_a_vae_in_its_kl_warm_up_steps_eagerly_then_a_graph_replays_the_eager_steps(tmp_path, monkeypatch):
+    from conftest import real_data_dir
+    from datamodules import BinarizedMNISTDataModule
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    _strict_replays(monkeypatch)
+    runs = {}
+    for graphs in (True, False):
+        L.seed_everything(0, verbose=False)
+        model = VAE(latent_dim=8, hidden_sizes=(64,), kl_warmup_steps=6, cuda_graphs=graphs)
+        dm = BinarizedMNISTDataModule("static", root=str(real_data_dir()), train_subset=320, batch_size=16)
+        _trainer(tmp_path / str(graphs), "32-true", max_steps=20, log_every_n_steps=50, deterministic=True).fit(
+            model, datamodule=dm
+        )
+        runs[graphs] = model
+    assert _graph_served(runs[True]) and runs[True]._graphed_step.replays == 14  # steps 6-19 (beta = 1)
+    assert all(torch.equal(p, q) for p, q in zip(runs[True].parameters(), runs[False].parameters()))
 
 
 def _resumable_fit(tmp_path, steps: int, ckpt_path=None, stop_at: int | None = None):

@@ -19,10 +19,11 @@ import contextlib
 import lightning as L
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import quiet_trainer
-from datamodules import Toy2DDataModule
-from eim_lightning import HIS, LARS, SNIS
+from datamodules import BinarizedMNISTDataModule, Toy2DDataModule
+from eim_lightning import HIS, LARS, SNIS, VAE
 from eim_lightning.modules.graphed import TOLERANCE, GraphedStep, TrainingState, batch_key
 from eim_lightning.optim import Adam
 from jobs.shrink import EVERY_KIND_OF_CONFIG, short_fit_cli
@@ -279,6 +280,25 @@ def test_a_graph_that_fails_or_differs_from_the_eager_step_warns_and_training_lo
     assert _metrics(tmp_path / "eager") == _metrics(tmp_path / "graphed")
 
 
+def _warmup_vae_fit(tmp_path, name, data_dir, cls=VAE):
+    L.seed_everything(0, verbose=False)
+    model = cls(latent_dim=4, hidden_sizes=(16,), kl_warmup_steps=6)
+    dm = BinarizedMNISTDataModule("static", root=str(data_dir), train_subset=64, val_subset=16, batch_size=16)
+    quiet_trainer(tmp_path / name, max_steps=12, log_every_n_steps=50).fit(model, datamodule=dm)
+    return model
+
+
+def test_a_vae_in_its_kl_warm_up_steps_eagerly_and_a_graph_serves_the_steps_after(tmp_path, monkeypatch, data_dir):
+    """The KL weight is a number the captured step would keep: no graph while it changes."""
+    _play_cuda_graphs_on_the_cpu(monkeypatch)
+    eager = _warmup_vae_fit(tmp_path, "eager", data_dir)
+    graphed = _warmup_vae_fit(tmp_path, "graphed", data_dir, cls=_stepping(VAE, _graph_of))
+    step = graphed._graphed_step
+    # steps 0-5 (beta = 0, 1/6, ..., 5/6) eagerly; captured at step 6 (beta = 1) and replayed to step 11
+    assert not step.failed and len(_PerfectGraph.made) == 1 and step.replays == 6
+    assert all(torch.equal(p, q) for p, q in zip(eager.parameters(), graphed.parameters()))
+
+
 class _Regression(torch.nn.Module):
     """A least-squares step on the CPU: what :class:`GraphedStep` needs of a module (its device)."""
 
@@ -349,9 +369,21 @@ def _refuse_boolean_masks(method):
     return indexing
 
 
+class _RefuseHostData(TorchDispatchMode):
+    """Refuses a tensor made from Python values (``torch.tensor``, ``as_tensor`` of numbers, the
+    number arguments of ``torch.distributions``): on a GPU that is a copy from the host, which a
+    CUDA graph cannot capture."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default):
+            raise AssertionError("the step copies host data to the device (a tensor made from Python values)")
+        return func(*args, **(kwargs or {}))
+
+
 class _HostReadDetector:
     """In a graph's place: the step a graph would capture, run with every host read refused (the
-    tensor methods and torch functions that read values, indexing by a boolean mask)."""
+    tensor methods and torch functions that read values, indexing by a boolean mask) and every
+    tensor made from host values (:class:`_RefuseHostData`)."""
 
     def __init__(self, module) -> None:
         self.module, self.calls = module, 0
@@ -367,7 +399,8 @@ class _HostReadDetector:
         try:
             for owner, name, method in patches:
                 setattr(owner, name, method)
-            return self.module._plain_step(batch, optimizer)
+            with _RefuseHostData():
+                return self.module._plain_step(batch, optimizer)
         finally:
             for owner, name, method in saved:
                 setattr(owner, name, method)
@@ -385,6 +418,8 @@ def _detect_host_reads(model) -> None:
         (lambda x: torch.nonzero(x), "torch.nonzero"),
         (lambda x: x[x > 0], "boolean mask"),
         (lambda x: x.__setitem__(x > 0, 0.0), "boolean mask"),
+        (lambda x: x + torch.tensor(1.0), "host data"),
+        (lambda x: torch.distributions.Normal(x, 1.0, validate_args=False).log_prob(x), "host data"),
     ],
 )
 def test_the_detector_catches_a_host_read_and_puts_every_method_back(read, name):

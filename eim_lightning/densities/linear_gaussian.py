@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Density, check_positive_int, positive_scale
+from .base import LOG_2PI, Density, check_positive_int, positive_scale
+from .latent import normal_log_prob
 from .normal import inverse_softplus
 
 __all__ = ["LinearGaussianModel"]
@@ -91,11 +92,12 @@ class LinearGaussianModel(Density):
 
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         """``log p(x, z)`` ``[*S, B]`` for ``x [B, Dx]`` (or ``[*S, B, Dx]``) and ``z [*S, B, Dz]``."""
-        # torch's argument validation reads the values back to the host (a synchronisation on a GPU
-        # in every training step); the inputs are this density's own, already checked
-        normal = torch.distributions.Normal
-        prior = normal(torch.zeros_like(z), 1.0, validate_args=False).log_prob(z).sum(-1)
-        return prior + normal(self.decode(z), self.noise_scale, validate_args=False).log_prob(x).sum(-1)
+        # in plain operations, not torch.distributions.Normal: its argument check reads values back
+        # to the host, and its number arguments become tensors copied from the host at every call,
+        # which a CUDA graph cannot capture
+        scale = self.noise_scale
+        prior = -0.5 * (z.square() + LOG_2PI).sum(-1)
+        return prior + normal_log_prob((x - self.decode(z)) / scale, scale)
 
     def marginal(self) -> torch.distributions.MultivariateNormal:
         """``p(x) = N(b, W W^T + diag(sigma^2))``."""

@@ -77,7 +77,10 @@ callback: Python that would run between the backward pass and the optimiser step
 ``check_finite_every_n_steps`` 0 or 1, for blocks whose batch values were checked before the block
 (or ``validate_inputs=False``). Steps whose diagnostics are logged, and batches of another shape
 than the captured one, run eagerly; a learning-rate change (``lr_milestones``) captures again.
-``cuda_graphs=True`` warns where a setting rules it out and raises off a GPU.
+A module whose step bakes in a number that changes from step to step says so in
+``step_is_stationary()`` (the VAE's KL warm-up weight): those steps run eagerly, and the graph is
+captured at the first step after. ``cuda_graphs=True`` warns where a setting rules it out and
+raises off a GPU.
 
 A user's own DataLoader takes the same manual path with N = 1. Lightning's automatic
 optimisation (the closure path, N = 1) is used instead where manual optimisation cannot honour a
@@ -232,7 +235,7 @@ class StepEngineMixin:
     ``checked_block(steps)`` (checks a block's batches at once; the context the block runs in),
     ``validate_inputs``, ``_logs_after_this_step()`` (whether the coming step's diagnostics are
     logged), ``nonfinite_guard(loss)`` (a 0-d flag tensor, nonzero to skip the step, or None) and
-    ``after_optimizer_step()``; the engine does the rest.
+    ``after_optimizer_step()``; it may override :meth:`step_is_stationary`; the engine does the rest.
 
     Args:
         steps_per_block: optimiser steps per Lightning batch for generated data (None: automatic).
@@ -381,6 +384,12 @@ class StepEngineMixin:
         traced = self._closed_form_on and self.trace and overrides(density, "closed_form_gradients", Density)
         self._traced_closed_form = TracedClosedForm(density, type(self).__name__) if traced else None
 
+    def step_is_stationary(self) -> bool:
+        """Whether the coming optimiser step is the same computation as every later one, so that a
+        CUDA graph may capture or replay it: False while a number the step uses as a constant still
+        changes with ``global_step`` (those steps run eagerly). True unless a module says otherwise."""
+        return True
+
     def prepare_graphed_step(self) -> None:
         """At ``on_train_start``, after :meth:`collect_step_hooks`: whether steps are captured into
         a CUDA graph (module doc)."""
@@ -503,7 +512,7 @@ class StepEngineMixin:
             for i, step_batch in enumerate(steps):
                 last = i == len(steps) - 1
                 replayed = None
-                if graphed is not None and not (last and self._logs_after_this_step()):
+                if graphed is not None and not (last and self._logs_after_this_step()) and self.step_is_stationary():
                     replayed = graphed(step_batch, optimizer)
                 if replayed is not None:  # gradients, optimiser step and after_optimizer_step done
                     (loss, bound), diagnostics = replayed, None

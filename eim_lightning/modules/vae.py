@@ -93,3 +93,8 @@ class VAE(BoundEstimatorMixin, L.LightningModule):
     def training_bound(self, batch):
         beta = kl_weight(self.global_step, self.kl_warmup_steps)
         return self.density.bound_and_diagnostics(self.unpack_batch(batch), beta=beta)
+
+    def step_is_stationary(self) -> bool:
+        """The KL weight ``beta`` changes at every step of the warm-up: a CUDA graph serves the
+        steps after it (``beta = 1``)."""
+        return self.global_step >= self.kl_warmup_steps
