@@ -96,15 +96,17 @@ class RunLog(Callback):
         if trainer.global_step:
             self.resumed_at.append(trainer.global_step)
 
-    def on_before_backward(self, trainer, pl_module, loss) -> None:
-        # every optimiser step (also inside a block of steps); global_step is this step's index
-        if trainer.global_step % self.every == 0:
-            self.elbo.append([trainer.global_step, -float(loss.detach())])
-            acceptance = getattr(pl_module.density, "last_acceptance", None)  # LARS: a(z) of this step
-            if acceptance is not None:
-                self.saturated.append([trainer.global_step, float((acceptance > 0.99).float().mean())])
+    @property
+    def state_key(self) -> str:
+        return "RunLog"  # also LarsRunLog's: either resumes the other's checkpoints
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # the batch's optimiser steps (a block of them for generated data) each with its loss, read
+        # from the module's outputs rather than in a per-step hook, which would keep a CUDA graph
+        # from serving the steps on a GPU
+        losses = outputs["step_losses"] if isinstance(outputs, dict) else []
+        first = trainer.global_step - len(losses)
+        self.elbo += [[first + i, -float(loss)] for i, loss in enumerate(losses) if (first + i) % self.every == 0]
         if trainer.global_step == trainer.max_steps or time.time() - self.saved >= self.interval:
             trainer.save_checkpoint(self.path)  # atomic: a kill while saving leaves the previous one
             self.saved = time.time()
@@ -134,6 +136,18 @@ class RunLog(Callback):
         self.elbo, self.seconds, self.resumed_at = state["elbo"], state["seconds"], state["resumed_at"]
         self.saturated = state.get("saturated", [])
         self.cpu_seconds = state.get("cpu_seconds")  # None: a checkpoint from before CPU time was kept
+
+
+class LarsRunLog(RunLog):
+    """:class:`RunLog` for a LARS model: also the fraction of saturated acceptances (a(z) > 0.99) of
+    the proposal samples at every ``every``-th step, read as the step runs (a per-step hook: on a
+    GPU such a row's steps run without a CUDA graph)."""
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        # every optimiser step (also inside a block of steps); global_step is this step's index
+        if trainer.global_step % self.every == 0:
+            acceptance = pl_module.density.last_acceptance  # a(z) of this step's proposal samples
+            self.saturated.append([trainer.global_step, float((acceptance > 0.99).float().mean())])
 
 
 class Row:
@@ -175,7 +189,6 @@ class Row:
 
     def train(self) -> dict:
         """Train (or resume, or find finished) this row; its step count, wall time and ELBO curve."""
-        log = RunLog(self.last, self.opts.checkpoint_minutes, self.opts.elbo_every)
         config = yaml.safe_load(self.config.read_text())
         # the config's own checkpoints (inside the logger's version folder) are replaced by the run's
         callbacks = [c for c in config["trainer"].get("callbacks", []) if "ModelCheckpoint" not in c["class_path"]]
@@ -185,7 +198,10 @@ class Row:
             f"--trainer.logger.init_args.save_dir={self.folder}",
             "--trainer.logger.init_args.name=logs",
         ]
-        cli = EIMCLI(args=[*self.args(), *args], trainer_defaults={"callbacks": [log]}, run=False)
+        cli = EIMCLI(args=[*self.args(), *args], run=False)
+        lars = hasattr(cli.model.density, "last_acceptance")
+        log = (LarsRunLog if lars else RunLog)(self.last, self.opts.checkpoint_minutes, self.opts.elbo_every)
+        cli.trainer.callbacks.append(log)
         resume = self.last if self.last.exists() else None
         print(f"{self.name}: {'resuming from ' + str(resume) if resume else 'training'} in {self.folder}", flush=True)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)

@@ -137,3 +137,42 @@ def test_the_run_log_counts_a_pause_in_wall_time_and_not_in_cpu_time(monkeypatch
     old.load_state_dict({key: value for key, value in state.items() if key != "cpu_seconds"})
     old.on_train_start(trainer, None)
     assert old.train_cpu_seconds() is None and old.train_seconds() == 130
+
+
+@pytest.mark.parametrize("steps_per_block", [1, 10])
+def test_the_run_log_records_every_nth_steps_loss_without_a_per_step_hook(tmp_path, steps_per_block):
+    """RunLog reads each step's loss from the module's outputs, so the engine keeps no per-step hook
+    (which would rule a CUDA graph out): the losses of steps 0, 7, 14, ... equal those a per-step hook
+    sees, inside blocks of steps and in a last block cut short at max_steps."""
+    import lightning as L
+
+    from conftest import quiet_trainer
+    from datamodules import Toy2DDataModule
+    from eim_lightning import SNIS
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import reproduce
+
+    class PerStep(L.Callback):
+        def __init__(self) -> None:
+            self.elbo = []
+
+        def on_before_backward(self, trainer, pl_module, loss) -> None:
+            if trainer.global_step % 7 == 0:
+                self.elbo.append([trainer.global_step, -float(loss.detach())])
+
+    def fit(callback):
+        L.seed_everything(0, verbose=False)
+        model = SNIS(num_proposals=16, steps_per_block=steps_per_block)
+        quiet_trainer(tmp_path, max_steps=45, callbacks=[callback]).fit(
+            model, datamodule=Toy2DDataModule("two_rings", steps_per_epoch=50)
+        )
+        return model
+
+    reference = PerStep()
+    fit(reference)
+    log = reproduce.RunLog(tmp_path / "unused.ckpt", minutes=1e6, every=7)
+    model = fit(log)
+    assert model._step_hooks == [] and model._block_size == steps_per_block
+    assert [s for s, _ in log.elbo] == [0, 7, 14, 21, 28, 35, 42]
+    assert log.elbo == reference.elbo

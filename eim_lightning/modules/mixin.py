@@ -242,7 +242,13 @@ class BoundEstimatorMixin(StepEngineMixin, InputChecksMixin, RandomStateMixin):
         ``bound_and_diagnostics`` (``training_bound`` not overridden)."""
         return self.density.offers_closed_form_training() and not overrides(self, "training_bound", BoundEstimatorMixin)
 
-    def training_step(self, batch, batch_idx: int) -> Tensor | None:
+    def training_step(self, batch, batch_idx: int) -> dict | None:
+        """The optimiser steps of one Lightning batch (a block of N under the step engine, one under
+        Lightning's automatic optimisation). Returns ``{"step_losses": [...]}``, each step's loss
+        in order (detached; also the steps a CUDA graph served), which callbacks receive as
+        ``outputs`` in ``on_train_batch_end``: a way to read every step's loss without a per-step
+        hook, which would rule the graph out (automatic optimisation adds Lightning's ``"loss"``);
+        None where no step was left before ``max_steps``."""
         if self.automatic_optimization:
             loss, bound, diagnostics = self.step_loss(batch)
             results = [(loss, bound, diagnostics)]
@@ -259,7 +265,8 @@ class BoundEstimatorMixin(StepEngineMixin, InputChecksMixin, RandomStateMixin):
         diagnostics = results[-1][2]
         for name, value in (diagnostics or {}).items():
             self.log(f"train/{name}", value.detach().float().mean(), on_step=True, on_epoch=False)
-        return results[-1][0] if self.automatic_optimization else None
+        out = {"step_losses": [loss.detach() for loss, _, _ in results]}
+        return {"loss": results[-1][0], **out} if self.automatic_optimization else out
 
     def _eval_step(self, batch, metric: MeanMetric, stage: str, num_samples: int) -> None:
         metric.update(self.evaluation_bound(batch, num_samples))
