@@ -400,10 +400,13 @@ class _HostReadDetector:
             for owner, name, method in patches:
                 setattr(owner, name, method)
             with _RefuseHostData():
-                return self.module._plain_step(batch, optimizer)
+                outputs = self.module._plain_step(batch, optimizer)
         finally:
             for owner, name, method in saved:
                 setattr(owner, name, method)
+        # a graph keeps its outputs: with their autograd graph they would keep its nodes alive
+        assert all(t.grad_fn is None for t in outputs), "the step's loss or bound keeps its autograd graph"
+        return outputs
 
 
 def _detect_host_reads(model) -> None:

@@ -478,7 +478,9 @@ class StepEngineMixin:
         loss, bound, _ = self._step_with_gradients(step_batch, False, optimizer)
         self._optimizer_step(optimizer, loss)
         self.after_optimizer_step()
-        return loss, bound
+        # detached: a CUDA graph keeps its outputs, whose autograd graph would keep the capture's
+        # AccumulateGrad nodes alive into later eager steps (torch warns of a stream mismatch)
+        return loss.detach(), bound.detach()
 
     def _run_hooks(self, name: str, *args) -> None:
         for hook, owner in self._step_hooks:
