@@ -420,3 +420,17 @@ def test_blocks_of_closed_form_steps_run_on_one_thread_and_torch_setting_is_rest
 def test_step_threads_must_be_a_positive_integer(value):
     with pytest.raises(ValueError, match="step_threads must be None"):
         SNIS(step_threads=value)
+
+
+def test_step_interval_checkpoints_of_a_manually_optimised_module_bring_no_lightning_warning(tmp_path):
+    """Lightning (>= 2.6) warns that such a checkpoint holds the state after the optimiser step; the
+    engine means it to (the state at global_step, which exact resume continues from)."""
+    import warnings
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1)
+    trainer = _trainer(tmp_path, max_steps=10, enable_checkpointing=True, callbacks=[ckpt])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(SNIS(num_proposals=8), datamodule=Toy2DDataModule(steps_per_epoch=10))
+    assert len(list((tmp_path / "ckpt").iterdir())) == 2
+    assert not [w for w in caught if "pre-optimization state" in str(w.message)]

@@ -308,6 +308,13 @@ class StepEngineMixin:
         """At ``setup``: choose N and hand it to a datamodule that generates blocks."""
         if stage != "fit":
             return
+        if not self.automatic_optimization:
+            # Lightning >= 2.6 warns at every step-interval checkpoint of a manually optimised module
+            # that it holds the state after the optimiser step: here it is meant to (the state at
+            # global_step, which exact resume continues from)
+            warnings.filterwarnings(
+                "ignore", message="Using ModelCheckpoint with manual optimization and every_n_train_steps"
+            )
         trainer = self._trainer
         dm = getattr(trainer, "datamodule", None) if trainer is not None else None
         if dm is None or not hasattr(dm, "steps_per_block"):
