@@ -28,7 +28,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 CUBLAS_WO
 [ -d .gpudata ] && export EIM_DATA_DIR="$PWD/.gpudata"
 nvidia-smi -L 2>&1 | tee "$OUT/gpu.txt"
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)" | tee -a "$OUT/gpu.txt"
-timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_bench_gpu_steps.py 2>&1 | tee "$OUT/test_gpu.log"
+timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_bench_gpu_steps.py 2>&1 | tee "$OUT/test_gpu.log"
 echo "pytest rc=$?" | tee -a "$OUT/test_gpu.log"
 timeout 240 python3 bench/gpu_steps.py --steps 400 --warmup 50 --rounds 3 --output "$OUT/BENCHMARKS_GPU.md" 2>&1 \
     | tee "$OUT/gpu_steps.log"
