@@ -76,8 +76,9 @@ class RunLog(Callback):
     bound of the training minibatch at every ``every``-th step, counted from 0), the seconds spent
     training, in wall time and in the process's CPU time (time after the last checkpoint of a killed
     run is lost, not counted; CPU time does not count a pause, e.g. SIGSTOP while a benchmark runs,
-    and is None where a run resumed from a checkpoint that did not keep it) and the steps at which
-    training was resumed."""
+    and is None where a run resumed from a checkpoint that did not keep it), the steps at which
+    training was resumed and the device each part trained on (``[first step, device]``: ``"cpu"``
+    or the GPU's name; None for a part whose checkpoint did not keep it)."""
 
     def __init__(self, path: Path, minutes: float, every: int) -> None:
         self.path, self.interval, self.every = path, 60 * minutes, every
@@ -86,6 +87,7 @@ class RunLog(Callback):
         self.seconds = 0.0
         self.cpu_seconds: float | None = 0.0
         self.resumed_at: list[int] = []
+        self.trained_on: list[list] = []
         self.started: float | None = None
         self.cpu_started = 0.0
         self.saved = 0.0
@@ -95,6 +97,9 @@ class RunLog(Callback):
         self.cpu_started = time.process_time()
         if trainer.global_step:
             self.resumed_at.append(trainer.global_step)
+        device = pl_module.device
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        self.trained_on.append([trainer.global_step, name])
 
     @property
     def state_key(self) -> str:
@@ -130,12 +135,14 @@ class RunLog(Callback):
             "seconds": self.train_seconds(),
             "cpu_seconds": self.train_cpu_seconds(),
             "resumed_at": self.resumed_at,
+            "trained_on": self.trained_on,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.elbo, self.seconds, self.resumed_at = state["elbo"], state["seconds"], state["resumed_at"]
         self.saturated = state.get("saturated", [])
         self.cpu_seconds = state.get("cpu_seconds")  # None: a checkpoint from before CPU time was kept
+        self.trained_on = state.get("trained_on", [[0, None]])  # likewise: the device was not kept
 
 
 class LarsRunLog(RunLog):
@@ -215,6 +222,7 @@ class Row:
             "train_hours": log.train_seconds() / 3600,
             **({"train_cpu_hours": cpu / 3600} if (cpu := log.train_cpu_seconds()) is not None else {}),
             "resumed_at_steps": log.resumed_at,
+            "trained_on": log.trained_on,
             "train_elbo_every": self.opts.elbo_every,
             "train_elbo": log.elbo,
             **({"saturated_fraction": log.saturated} if log.saturated else {}),

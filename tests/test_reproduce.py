@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 ROW = "toy2d/snis_nine_gaussians"
@@ -64,7 +65,7 @@ def test_a_row_is_recorded_once_with_its_fields(tmp_path):
         record["metric"] == "test/bound" and -5 < record["test_value"] < 0 and -5 < record["single_replica_value"] < 0
     )
     assert record["train_hours"] > 0 and record["test_minutes"] > 0 and record["machine"] and record["commit"]
-    assert record["train_cpu_hours"] > 0 and record["test_cpu_minutes"] > 0
+    assert record["train_cpu_hours"] > 0 and record["test_cpu_minutes"] > 0 and record["trained_on"] == [[0, "cpu"]]
     assert record["command"] == (
         f"python bench/reproduce.py {ROW} --steps 20 --seed 0 --K 128 --points 2000 -- --data.init_args.test_size=500"
     )
@@ -105,6 +106,7 @@ def test_killed_and_continued_runs_end_with_the_record_of_an_uninterrupted_run(t
     assert len(killed["resumed_at_steps"]) == 1 and 0 < killed["resumed_at_steps"][0] < steps
     assert continued["resumed_at_steps"] == [steps // 2] and uninterrupted["resumed_at_steps"] == []
     assert continued["train_cpu_hours"] > 0  # carried across the resume in the checkpoint
+    assert killed["trained_on"] == [[0, "cpu"], [killed["resumed_at_steps"][0], "cpu"]]
     for key in ("steps", "train_elbo", "test_value", "single_replica_value"):
         assert killed[key] == continued[key] == uninterrupted[key], key
 
@@ -120,7 +122,8 @@ def test_the_run_log_counts_a_pause_in_wall_time_and_not_in_cpu_time(monkeypatch
     monkeypatch.setattr(reproduce.time, "process_time", lambda: cpu[0])
     trainer = type("Trainer", (), {"global_step": 0})()
     log = reproduce.RunLog(Path("unused.ckpt"), minutes=10, every=10)
-    log.on_train_start(trainer, None)
+    module = type("Module", (), {"device": torch.device("cpu")})()
+    log.on_train_start(trainer, module)
     wall[0], cpu[0] = 1130.0, 35.0
     assert log.train_seconds() == 130 and log.train_cpu_seconds() == 30
     state = log.state_dict()
@@ -129,14 +132,16 @@ def test_the_run_log_counts_a_pause_in_wall_time_and_not_in_cpu_time(monkeypatch
 
     resumed = reproduce.RunLog(Path("unused.ckpt"), minutes=10, every=10)
     resumed.load_state_dict(state)
-    resumed.on_train_start(type("Trainer", (), {"global_step": 500})(), None)
+    resumed.on_train_start(type("Trainer", (), {"global_step": 500})(), module)
     wall[0], cpu[0] = 1140.0, 40.0
     assert resumed.train_seconds() == 140 and resumed.train_cpu_seconds() == 35
 
     old = reproduce.RunLog(Path("unused.ckpt"), minutes=10, every=10)
-    old.load_state_dict({key: value for key, value in state.items() if key != "cpu_seconds"})
-    old.on_train_start(trainer, None)
+    assert resumed.trained_on == [[0, "cpu"], [500, "cpu"]]
+    old.load_state_dict({key: value for key, value in state.items() if key not in ("cpu_seconds", "trained_on")})
+    old.on_train_start(trainer, module)
     assert old.train_cpu_seconds() is None and old.train_seconds() == 130
+    assert old.trained_on == [[0, None], [0, "cpu"]]  # a part whose device its checkpoint did not keep
 
 
 @pytest.mark.parametrize("steps_per_block", [1, 10])
