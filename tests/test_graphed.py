@@ -58,22 +58,23 @@ def _graph_of(module) -> GraphedStep:
     return GraphedStep(module._plain_step, module, type(module).__name__)
 
 
-class _Validations(L.Callback):
-    """The steps validation ran at (no per-step hook, which would rule a graph out)."""
+class _Record(L.Callback):
+    """The steps validation ran at and every step's loss from the module's outputs (no per-step
+    hook, which would rule a graph out)."""
 
     def __init__(self) -> None:
-        self.val_steps = []
+        self.val_steps, self.losses = [], []
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self.val_steps.append(trainer.global_step)
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses += [float(loss) for loss in outputs["step_losses"]]
+
 
 def _fit(tmp_path, cls, name, **kwargs):
     """:func:`test_engine.fit_in_blocks` in blocks of 8 with a learning-rate milestone at step 20."""
-    model, trainer, validations, checkpoints = fit_in_blocks(
-        tmp_path, cls, 8, recorder=_Validations(), name=name, lr_milestones=[20], **kwargs
-    )
-    return model, trainer, validations.val_steps, checkpoints
+    return fit_in_blocks(tmp_path, cls, 8, recorder=_Record(), name=name, lr_milestones=[20], **kwargs)
 
 
 def _metrics(path):
@@ -97,7 +98,8 @@ def test_the_replay_branch_trains_logs_and_checkpoints_exactly_as_the_eager_bran
     assert all(torch.equal(p, q) for p, q in zip(eager.buffers(), replayed.buffers()))  # LARS's Z too
     opt_e, opt_r = t_eager.optimizers[0], t_replayed.optimizers[0]
     assert opt_e.param_groups[0]["lr"] == opt_r.param_groups[0]["lr"] == pytest.approx(3e-4 / 3)  # the milestone
-    assert val_eager == val_replayed == [16, 32]
+    assert val_eager.val_steps == val_replayed.val_steps == [16, 32]
+    assert len(val_replayed.losses) == 37 and val_replayed.losses == val_eager.losses  # replayed steps' too
     assert ck_eager == ck_replayed == sorted(f"step={s}.ckpt" for s in (8, 16, 24, 32))
     assert _metrics(tmp_path / "eager") == _metrics(tmp_path / "replayed")
 
@@ -250,15 +252,16 @@ def test_a_graph_is_captured_once_per_learning_rate_and_its_replays_train_exactl
     tmp_path, monkeypatch, cls, kwargs
 ):
     _play_cuda_graphs_on_the_cpu(monkeypatch)
-    eager, *_ = _fit(tmp_path, cls, "eager", **kwargs)
-    graphed, trainer, validations, checkpoints = _fit(tmp_path, _stepping(cls, _graph_of), "graphed", **kwargs)
+    eager, _, eager_record, _ = _fit(tmp_path, cls, "eager", **kwargs)
+    graphed, trainer, record, checkpoints = _fit(tmp_path, _stepping(cls, _graph_of), "graphed", **kwargs)
     step = graphed._graphed_step
     assert not step.failed and len(_PerfectGraph.made) == 2  # captured again at the milestone (step 20)
     # every step but the four logged ones (7, 15, 23, 31) was served from a graph
     assert step.replays == 37 - 4
     assert all(torch.equal(p, q) for p, q in zip(eager.parameters(), graphed.parameters()))
     assert all(torch.equal(p, q) for p, q in zip(eager.buffers(), graphed.buffers()))
-    assert validations == [16, 32] and checkpoints == sorted(f"step={s}.ckpt" for s in (8, 16, 24, 32))
+    assert record.val_steps == [16, 32] and checkpoints == sorted(f"step={s}.ckpt" for s in (8, 16, 24, 32))
+    assert len(record.losses) == 37 and record.losses == eager_record.losses  # the replayed steps' losses too
     assert _metrics(tmp_path / "eager") == _metrics(tmp_path / "graphed")
 
 
