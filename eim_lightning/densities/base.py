@@ -57,6 +57,8 @@ __all__ = [
     "positive_scale",
     "values_prechecked",
     "check_finite",
+    "standard_normal_log_prob",
+    "normal_log_prob",
 ]
 
 _values_prechecked = False
@@ -443,3 +445,13 @@ class Density(nn.Module):
 
 
 LOG_2PI = math.log(2 * math.pi)
+
+
+def standard_normal_log_prob(x: Tensor) -> Tensor:
+    """``log N(x; 0, I)`` summed over the last dimension."""
+    return -0.5 * (x.square() + LOG_2PI).sum(-1)
+
+
+def normal_log_prob(eps: Tensor, scale: Tensor) -> Tensor:
+    """``log N(loc + scale * eps; loc, scale)`` summed over the last dimension."""
+    return standard_normal_log_prob(eps) - torch.log(scale).sum(-1)

@@ -33,7 +33,15 @@ from torch.nn.functional import softplus
 
 from ..integrators import LeapfrogTape, leapfrog_forward, leapfrog_reverse, leapfrog_reverse_vjp
 from ..nn import MLP, SECOND_DERIVATIVES
-from .base import LOG_2PI, Density, check_positive_int, closed_form_applies, evaluate_net, positive_scale
+from .base import (
+    Density,
+    check_positive_int,
+    closed_form_applies,
+    evaluate_net,
+    normal_log_prob,
+    positive_scale,
+    standard_normal_log_prob,
+)
 from .normal import inverse_softplus
 
 __all__ = ["HIS"]
@@ -44,14 +52,6 @@ MIN_MOMENTUM_SCALE = 1e-5
 #: as an MNIST VAE's prior its compilation paid for itself after about 5,000 steps (4,300-6,000)
 #: (``bench/vae_compile.py``, docs/BENCHMARKS_IMAGES.md)
 COMPILE_MIN_STEPS = 5000
-
-
-def _standard_normal_log_prob(rho: Tensor) -> Tensor:
-    return -0.5 * (rho.square() + LOG_2PI).sum(-1)
-
-
-def _normal_log_prob(rho: Tensor, mean: Tensor, scale: Tensor) -> Tensor:
-    return _standard_normal_log_prob((rho - mean) / scale) - torch.log(scale).sum(-1)
 
 
 class HIS(Density):
@@ -147,8 +147,9 @@ class HIS(Density):
 
     def _momentum_log_prob(self, rho: Tensor, x: Tensor, context: Tensor | None) -> Tensor:
         if self.momentum_net is None:
-            return _standard_normal_log_prob(rho)
-        return _normal_log_prob(rho, *self._momentum_params(x, context))
+            return standard_normal_log_prob(rho)
+        mean, scale = self._momentum_params(x, context)
+        return normal_log_prob((rho - mean) / scale, scale)
 
     def _momentum_params(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         h = x - self.data_mean
@@ -175,7 +176,7 @@ class HIS(Density):
     def _log_weight(self, x0: Tensor, rho0: Tensor, xT: Tensor, rhoT: Tensor, context: Tensor | None) -> Tensor:
         flat = x0.reshape(-1, *self.event_shape)
         log_pi = self.proposal.log_prob_replicas(flat, 1, self._flat_context(context, x0))[0].reshape(x0.shape[:-1])
-        return log_pi + _standard_normal_log_prob(rho0) - self._momentum_log_prob(rhoT, xT, context)
+        return log_pi + standard_normal_log_prob(rho0) - self._momentum_log_prob(rhoT, xT, context)
 
     @staticmethod
     def _flat_context(context: Tensor | None, x: Tensor) -> Tensor | None:
@@ -226,7 +227,7 @@ class HIS(Density):
         potential, momentum = self.potential, self.momentum_net
         eps = torch.randn_like(x)  # first, as _sample_momentum draws it
         centred = x - self.data_mean  # the dynamics run in the networks' centred coordinates
-        log_r = _standard_normal_log_prob(eps)  # (rho_T - mean) / scale = eps
+        log_r = standard_normal_log_prob(eps)  # (rho_T - mean) / scale = eps
         if momentum is None:
             rho_T = eps
         else:
@@ -247,7 +248,7 @@ class HIS(Density):
         x_0, rho_0 = leapfrog_reverse(centred, rho_T, grad_fn, step_size, alphas, tape)
         x_0 = x_0 + self.data_mean
         log_pi, score = self.proposal.log_prob_and_score(x_0)
-        bound = log_pi + _standard_normal_log_prob(rho_0) - log_r
+        bound = log_pi + standard_normal_log_prob(rho_0) - log_r
 
         c = -1.0 / len(x)  # a Python number under a trace too (x.shape[0] is a tensor there)
         terms = []

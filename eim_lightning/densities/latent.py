@@ -42,16 +42,11 @@ import torch
 from torch import Tensor
 from torch.nn.functional import softplus
 
-from .base import LOG_2PI, Density, check_positive_int
+from .base import Density, check_positive_int, normal_log_prob
 from .likelihoods import make_likelihood
 from .normal import Normal
 
 __all__ = ["LatentVariableModel", "Inference", "gaussian_from", "normal_log_prob"]
-
-
-def normal_log_prob(eps: Tensor, scale: Tensor) -> Tensor:
-    """``log N(loc + scale * eps; loc, scale)`` summed over the last dimension."""
-    return -0.5 * (eps.square() + LOG_2PI).sum(-1) - torch.log(scale).sum(-1)
 
 
 def gaussian_from(out: Tensor, min_scale: float) -> tuple[Tensor, Tensor]:

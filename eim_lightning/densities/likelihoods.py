@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.nn.functional import binary_cross_entropy_with_logits
 
 from ..ops import log_sigmoid
-from .base import LOG_2PI, positive_scale
+from .base import normal_log_prob, positive_scale
 
 __all__ = ["Bernoulli", "Gaussian", "make_likelihood", "gumbel_straight_through_bernoulli", "LIKELIHOODS"]
 
@@ -124,8 +124,7 @@ class Gaussian(nn.Module):
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
         loc, scale = self._loc_scale(params)
-        z = (x - loc) / scale
-        return -0.5 * (z.square() + LOG_2PI).sum(-1) - torch.log(scale).sum(-1)
+        return normal_log_prob((x - loc) / scale, scale)
 
     def mean(self, params: Tensor) -> Tensor:
         return self._loc_scale(params)[0]

@@ -20,8 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import LOG_2PI, Density, check_positive_int, positive_scale
-from .latent import normal_log_prob
+from .base import Density, check_positive_int, normal_log_prob, positive_scale, standard_normal_log_prob
 from .normal import inverse_softplus
 
 __all__ = ["LinearGaussianModel"]
@@ -96,8 +95,7 @@ class LinearGaussianModel(Density):
         # to the host, and its number arguments become tensors copied from the host at every call,
         # which a CUDA graph cannot capture
         scale = self.noise_scale
-        prior = -0.5 * (z.square() + LOG_2PI).sum(-1)
-        return prior + normal_log_prob((x - self.decode(z)) / scale, scale)
+        return standard_normal_log_prob(z) + normal_log_prob((x - self.decode(z)) / scale, scale)
 
     def marginal(self) -> torch.distributions.MultivariateNormal:
         """``p(x) = N(b, W W^T + diag(sigma^2))``."""

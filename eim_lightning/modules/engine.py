@@ -305,7 +305,8 @@ class StepEngineMixin:
         self._user_automatic_optimization = value
 
     def configure_step_engine(self, stage: str) -> None:
-        """At ``setup``: choose N and hand it to a datamodule that generates blocks."""
+        """At ``setup``: choose N and hand it to a datamodule that generates blocks (and quiet
+        Lightning's warnings that do not apply to the engine's loop)."""
         if stage != "fit":
             return
         if not self.automatic_optimization:
