@@ -20,7 +20,8 @@ or, for ``toy2d/ROW``, ``configs/toy2d/ROW.yaml`` (e.g. ``toy2d/snis_nine_gaussi
   1000-replica bound on 10,000 points.
 * **record** one JSON line in ``docs/results_images.jsonl`` (2-D: ``docs/results_toy2d.jsonl``):
   steps, seed, test points, samples, values, wall and CPU times (the CPU times leave out a
-  pause), ELBO curve, machine, commit and the command. A row whose command is already recorded is skipped.
+  pause), ELBO curve, validation curve (the module's ``val/<bound_name>`` after each validation
+  run), machine, commit and the command. A row whose command is already recorded is skipped.
 
 Arguments after ``--`` are passed to every ``eim`` call (e.g. ``-- --data.init_args.test_subset=100``);
 they are part of the recorded command and of the run folder's name. Image data is read from
@@ -78,7 +79,9 @@ class RunLog(Callback):
     run is lost, not counted; CPU time does not count a pause, e.g. SIGSTOP while a benchmark runs,
     and is None where a run resumed from a checkpoint that did not keep it), the steps at which
     training was resumed and the device each part trained on (``[first step, device]``: ``"cpu"``
-    or the GPU's name; None for a part whose checkpoint did not keep it)."""
+    or the GPU's name; None for a part whose checkpoint did not keep it) and the validation curve
+    (``[step, value]`` of the module's ``val/<bound_name>`` after each validation run; empty where a
+    run resumed from a checkpoint that did not keep it)."""
 
     def __init__(self, path: Path, minutes: float, every: int) -> None:
         self.path, self.interval, self.every = path, 60 * minutes, every
@@ -88,6 +91,7 @@ class RunLog(Callback):
         self.cpu_seconds: float | None = 0.0
         self.resumed_at: list[int] = []
         self.trained_on: list[list] = []
+        self.validation: list[list] = []
         self.started: float | None = None
         self.cpu_started = 0.0
         self.saved = 0.0
@@ -116,6 +120,11 @@ class RunLog(Callback):
             trainer.save_checkpoint(self.path)  # atomic: a kill while saving leaves the previous one
             self.saved = time.time()
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        value = trainer.callback_metrics.get(f"val/{pl_module.bound_name}")
+        if not trainer.sanity_checking and value is not None:
+            self.validation.append([trainer.global_step, float(value)])
+
     def on_train_end(self, trainer, pl_module) -> None:
         self.seconds, self.cpu_seconds = self.train_seconds(), self.train_cpu_seconds()
         self.started = None
@@ -136,6 +145,7 @@ class RunLog(Callback):
             "cpu_seconds": self.train_cpu_seconds(),
             "resumed_at": self.resumed_at,
             "trained_on": self.trained_on,
+            "validation": self.validation,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -143,6 +153,7 @@ class RunLog(Callback):
         self.saturated = state.get("saturated", [])
         self.cpu_seconds = state.get("cpu_seconds")  # None: a checkpoint from before CPU time was kept
         self.trained_on = state.get("trained_on", [[0, None]])  # likewise: the device was not kept
+        self.validation = state.get("validation", [])
 
 
 class LarsRunLog(RunLog):
@@ -225,6 +236,8 @@ class Row:
             "trained_on": log.trained_on,
             "train_elbo_every": self.opts.elbo_every,
             "train_elbo": log.elbo,
+            "validation_metric": f"val/{cli.model.bound_name}",
+            "validation": log.validation,
             **({"saturated_fraction": log.saturated} if log.saturated else {}),
         }
 

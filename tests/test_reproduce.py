@@ -86,6 +86,16 @@ def test_a_lars_row_records_the_fraction_of_saturated_acceptances_over_training(
     assert steps == [0, 10] and all(0.0 <= f <= 1.0 for _, f in record["saturated_fraction"])
 
 
+def test_a_row_records_its_validation_curve(tmp_path):
+    command = _command(tmp_path, "val", 20)
+    command.append("--trainer.val_check_interval=10")
+    _run(command)
+    (record,) = _records(tmp_path, "val")
+    assert record["validation_metric"] == "val/bound"
+    assert [s for s, _ in record["validation"]] == [10, 20]  # after each validation run, not the sanity check
+    assert all(-5 < value < 0 for _, value in record["validation"])
+
+
 @pytest.mark.slow
 def test_killed_and_continued_runs_end_with_the_record_of_an_uninterrupted_run(tmp_path):
     steps = 1000
@@ -107,13 +117,15 @@ def test_killed_and_continued_runs_end_with_the_record_of_an_uninterrupted_run(t
     assert continued["resumed_at_steps"] == [steps // 2] and uninterrupted["resumed_at_steps"] == []
     assert continued["train_cpu_hours"] > 0  # carried across the resume in the checkpoint
     assert killed["trained_on"] == [[0, "cpu"], [killed["resumed_at_steps"][0], "cpu"]]
-    for key in ("steps", "train_elbo", "test_value", "single_replica_value"):
+    assert [s for s, _ in uninterrupted["validation"]] == [steps]
+    for key in ("steps", "train_elbo", "validation", "test_value", "single_replica_value"):
         assert killed[key] == continued[key] == uninterrupted[key], key
 
 
 def test_the_run_log_counts_a_pause_in_wall_time_and_not_in_cpu_time(monkeypatch):
     """RunLog's two clocks (faked): a process paused (SIGSTOP) for 100 s of its 130 s used 30 s of CPU; a
-    checkpoint carries both; one from before CPU time was kept leaves it unknown (None), not too small."""
+    checkpoint carries both; one from before CPU time was kept leaves it unknown (None), not too small
+    (and its device and validation curve unknown too)."""
     sys.path.insert(0, str(REPO / "bench"))
     import reproduce
 
@@ -138,10 +150,12 @@ def test_the_run_log_counts_a_pause_in_wall_time_and_not_in_cpu_time(monkeypatch
 
     old = reproduce.RunLog(Path("unused.ckpt"), minutes=10, every=10)
     assert resumed.trained_on == [[0, "cpu"], [500, "cpu"]]
-    old.load_state_dict({key: value for key, value in state.items() if key not in ("cpu_seconds", "trained_on")})
+    kept_later = ("cpu_seconds", "trained_on", "validation")
+    old.load_state_dict({key: value for key, value in state.items() if key not in kept_later})
     old.on_train_start(trainer, module)
     assert old.train_cpu_seconds() is None and old.train_seconds() == 130
     assert old.trained_on == [[0, None], [0, "cpu"]]  # a part whose device its checkpoint did not keep
+    assert old.validation == []  # nor its validation curve
 
 
 @pytest.mark.parametrize("steps_per_block", [1, 10])
