@@ -649,8 +649,11 @@ NOTES = """## What this is, and what falls short
   jittered MNIST: 5.2 nats ahead of seed 1's VAE at 50,000 steps, 13.7 and 8.5 at 10,000 with two
   seeds); the Fashion 10,000-step row (0.69 worse) is the exception. Trained 1.03 h (0.99 h of CPU, one
   thread; resumed once, at step 37,513), tested 4.9 minutes, Intel Xeon.
-* **Not run here**: the other jittered (Table 2) rows beyond 10,000 steps (their NLL is in nats on the
-  0-256 pixel scale, 784 pixels); their configs are in `configs/images/` and train in the tests on small
+* **Not run here**: jittered Fashion-MNIST SNIS and HIS (VAE proposals) beyond 10,000 steps. Each is
+  about 5 hours of training on two cores at 50,000 steps (SNIS about 0.24 s a step on the AMD EPYC of
+  2026-12-04 evening, the same at commits 2247ad4 and 0df3696 over 300 steps: no slowdown in the code); an
+  HIS run at 50,000 steps was started and lost with its machine between sessions (run folders live outside
+  the repository, on the machine). Their configs are in `configs/images/` and train in the tests on small
   slices.
 * **Paper column**: the LARS paper's numbers as quoted in ALGORITHMS.md section 5 (VAE with N(0, I)
   and with a LARS prior); the EIM paper's own numbers for the TRS/SNIS/HIS priors are not quoted
