@@ -395,7 +395,8 @@ same command resumes from there (exactly: a resumed run equals an uninterrupted 
 evaluates the final checkpoint (`eim test`: 1000 importance samples on all 10,000 test images, LARS
 with Z from the config's 1e8 samples) and appends one record to `docs/results_images.jsonl` (steps,
 seed, test points and samples, value, training and test wall time, the training ELBO of the minibatch
-every 5,000 steps as the authors' code logs it, machine, commit, command). A row whose command is
+every 5,000 steps as the authors' code logs it, the validation curve (records from 2026-12-04 on),
+machine, commit, command). A row whose command is
 already recorded is skipped; more STEPS continue a finished run. 2-D rows (`ROWS=toy2d/snis_nine_gaussians`,
 K = 128) go to `docs/results_toy2d.jsonl` with the mean of single-replica bounds over 2 million fresh
 points beside the 1000-replica bound. `python bench/reproduce.py --help` has the options.
