@@ -600,12 +600,20 @@ NOTES = """## What this is, and what falls short
   22,099, -3285 at 36,099, -2782 at 48,299) but each time recovered within a few hundred steps
   (`bench/tb_scalars.py`), and its single-sample validation ELBO was -2211, -2027, -1978, -2012 and -1994
   after 10,000 to 50,000 steps. Clipping changes the run from the first steps (training ELBO -3709 at step
-  99 against -3707 unclipped), so this is another trajectory, not the same one kept stable; one run.
-  It is ahead of every jittered-MNIST row at 50,000 steps: LARS 1795.93, HIS 1784.91 and the unclipped
-  VAE with seed 1, 1801.09. So at 50,000 steps the EIM rows' lead over the VAE alone is smaller than
-  what training stability and seed move (one run each); the EIM paper's ordering is not shown at this
-  length. Trained 0.44 h (0.29 h of CPU, one thread, other runs sharing the cores; with clipping,
+  99 against -3707 unclipped), so this is another trajectory, not the same one kept stable.
+  It is ahead of LARS (1795.93), HIS (1784.91) and the unclipped VAE with seed 1 (1801.09) at 50,000
+  steps; only SNIS (1777.98, recorded later) is ahead of it. So at 50,000 steps the EIM rows' lead over
+  the VAE alone is smaller than what training stability and seed move; the EIM paper's ordering is not
+  shown at this length. Trained 0.44 h (0.29 h of CPU, one thread, other runs sharing the cores; with clipping,
   training takes Lightning's automatic optimisation), tested 7.5 minutes, Intel Xeon.
+  The same with seed 1 (`--seed 1 -- --trainer.gradient_clip_val=50000`): **1809.55 nats**, 8.5 worse than
+  seed 1 unclipped (1801.09) and 30.4 worse than seed 0 clipped. No spike (worst logged training ELBO
+  after step 5,000: -2592 at 26,299; validation ELBO -2217, -2047, -2021, -2022, -2004 after 10,000 to
+  50,000 steps, as unclipped seed 1's -2008 at the end). So the clipped VAE alone spans 1779-1810 over
+  two seeds (mean 1794.3), a spread wider than the gaps between the EIM rows (SNIS 1777.98, HIS 1784.91,
+  LARS 1795.93, one seed each), which all lie inside or below it: at 50,000 steps SNIS and HIS are ahead
+  of the VAE's two-seed mean (by 16.4 and 9.4 nats), LARS about level with it. Trained 0.75 h (0.73 h of
+  CPU, one thread, beside another run), tested 14 minutes, AMD EPYC.
 * **Jittered MNIST LARS at 50,000 steps** (seed 0, VAE proposal, T = 100, Z from 1e6 proposal samples:
   3.6e-6): **1795.93 nats**, 347 better than its 10,000-step row (2143.21) and 420 better than the VAE
   alone after 50,000 (2215.67). Its proposal's own 1000-sample bound, scored image by image
