@@ -658,6 +658,12 @@ NOTES = """## What this is, and what falls short
   jittered MNIST: 5.2 nats ahead of seed 1's VAE at 50,000 steps, 13.7 and 8.5 at 10,000 with two
   seeds); the Fashion 10,000-step row (0.69 worse) is the exception. Trained 1.03 h (0.99 h of CPU, one
   thread; resumed once, at step 37,513), tested 4.9 minutes, Intel Xeon.
+  The VAE alone with gradient clipping (seed 0, `-- --trainer.gradient_clip_val=50000`, as on jittered
+  MNIST): **2707.27 nats**, 6.8 worse than unclipped (2700.48), which had no spike to avoid; no spike
+  either (worst logged training ELBO after step 5,000: -3153 at 5,799; validation ELBO -2975, -2906,
+  -2821, -2810, -2790 after 10,000 to 50,000 steps). LARS stays 16.0-22.8 nats ahead of the VAE alone
+  on Fashion (one LARS seed); clipping is no remedy the Fashion VAE needs. Trained 0.93 h (0.82 h of CPU,
+  one thread, beside another run), tested 14 minutes, AMD EPYC.
 * **Not run here**: jittered Fashion-MNIST SNIS and HIS (VAE proposals) beyond 10,000 steps. Each is
   about 5 hours of training on two cores at 50,000 steps (SNIS about 0.24 s a step on the AMD EPYC of
   2026-12-04 evening, the same at commits 2247ad4 and 0df3696 over 300 steps: no slowdown in the code); an
