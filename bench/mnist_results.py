@@ -663,7 +663,12 @@ NOTES = """## What this is, and what falls short
   either (worst logged training ELBO after step 5,000: -3153 at 5,799; validation ELBO -2975, -2906,
   -2821, -2810, -2790 after 10,000 to 50,000 steps). LARS stays 16.0-22.8 nats ahead of the VAE alone
   on Fashion (one LARS seed); clipping is no remedy the Fashion VAE needs. Trained 0.93 h (0.82 h of CPU,
-  one thread, beside another run), tested 14 minutes, AMD EPYC.
+  one thread, beside another run), tested 14 minutes, AMD EPYC. With seed 1 (clipped likewise):
+  **2689.04 nats**, 18.2 better than seed 0 clipped and only 4.5 behind LARS (2684.52, seed 0); no spike
+  (validation ELBO -2996, -3000, -2820, -2784, -2756 after 10,000 to 50,000 steps). So on Fashion too the
+  VAE alone moves by about 18 nats between seeds at 50,000 steps, as much as LARS's lead over seed 0's VAE:
+  one LARS seed cannot show the paper's ordering. Trained 1.19 h (0.79 h of CPU, one thread, paused for
+  30 minutes while a CI run took the cores), tested 16 minutes, AMD EPYC.
 * **Not run here**: jittered Fashion-MNIST SNIS and HIS (VAE proposals) beyond 10,000 steps. Each is
   about 5 hours of training on two cores at 50,000 steps (SNIS about 0.24 s a step on the AMD EPYC of
   2026-12-04 evening, the same at commits 2247ad4 and 0df3696 over 300 steps: no slowdown in the code); an
