@@ -661,8 +661,8 @@ NOTES = """## What this is, and what falls short
   The VAE alone with gradient clipping (seed 0, `-- --trainer.gradient_clip_val=50000`, as on jittered
   MNIST): **2707.27 nats**, 6.8 worse than unclipped (2700.48), which had no spike to avoid; no spike
   either (worst logged training ELBO after step 5,000: -3153 at 5,799; validation ELBO -2975, -2906,
-  -2821, -2810, -2790 after 10,000 to 50,000 steps). LARS stays 16.0-22.8 nats ahead of the VAE alone
-  on Fashion (one LARS seed); clipping is no remedy the Fashion VAE needs. Trained 0.93 h (0.82 h of CPU,
+  -2821, -2810, -2790 after 10,000 to 50,000 steps). LARS is 16.0-22.8 nats ahead of seed 0's VAE alone,
+  clipped or not (one LARS seed); clipping is no remedy the Fashion VAE needs. Trained 0.93 h (0.82 h of CPU,
   one thread, beside another run), tested 14 minutes, AMD EPYC. With seed 1 (clipped likewise):
   **2689.04 nats**, 18.2 better than seed 0 clipped and only 4.5 behind LARS (2684.52, seed 0); no spike
   (validation ELBO -2996, -3000, -2820, -2784, -2756 after 10,000 to 50,000 steps). So on Fashion too the
