@@ -668,7 +668,9 @@ NOTES = """## What this is, and what falls short
   (validation ELBO -2996, -3000, -2820, -2784, -2756 after 10,000 to 50,000 steps). So on Fashion too the
   VAE alone moves by about 18 nats between seeds at 50,000 steps, as much as LARS's lead over seed 0's VAE:
   one LARS seed cannot show the paper's ordering. Trained 1.19 h (0.79 h of CPU, one thread, paused for
-  30 minutes while a CI run took the cores), tested 16 minutes, AMD EPYC.
+  30 minutes while a CI run took the cores), tested 16 minutes, AMD EPYC. Seed 1 unclipped: **2694.05**
+  (5.0 worse than clipped; trained 0.72 h, tested 15 minutes): the Fashion VAE alone spans 2689-2707 over
+  four runs (two seeds, with and without clipping), LARS's 2684.52 just below that range.
 * **Not run here**: jittered Fashion-MNIST SNIS and HIS (VAE proposals) beyond 10,000 steps. Each is
   about 5 hours of training on two cores at 50,000 steps (SNIS about 0.24 s a step on the AMD EPYC of
   2026-12-04 evening, the same at commits 2247ad4 and 0df3696 over 300 steps: no slowdown in the code); an
